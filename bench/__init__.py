@@ -1,0 +1,1 @@
+"""Load generation (petra-bench) and micro-benchmarks."""

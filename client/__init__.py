@@ -1,0 +1,1 @@
+"""The Python client of the etcd v3 API."""

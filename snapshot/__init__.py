@@ -1,0 +1,1 @@
+"""Snapshot files, and consistent copies of the LMDB backend to stream and to restore from."""
