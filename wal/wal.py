@@ -64,13 +64,16 @@ def parse_segment_name(name: str) -> tuple[int, int] | None:
 
 
 def list_segments(fs: FS, dir: str) -> list[tuple[int, int]]:
-    """The segments of `dir` in order; refuses a gap in the sequence numbers."""
-    found = sorted(s for s in map(parse_segment_name, fs.listdir(dir)) if s is not None)
-    for (seq_a, _), (seq_b, first_b) in zip(found, found[1:], strict=False):
+    """The segments of `dir` in order."""
+    return sorted(s for s in map(parse_segment_name, fs.listdir(dir)) if s is not None)
+
+
+def check_contiguous(dir: str, segments: list[tuple[int, int]]) -> None:
+    """Refuses a gap in the sequence numbers of the segments a replay reads."""
+    for (seq_a, _), (seq_b, first_b) in zip(segments, segments[1:], strict=False):
         if seq_b != seq_a + 1:
             path = os.path.join(dir, segment_name(seq_b, first_b))
             raise errors.CorruptionError(path, 0, f"segment number {seq_a + 1} is missing")
-    return found
 
 
 class WAL:
@@ -177,11 +180,12 @@ class WAL:
     ) -> tuple[WAL, bytes, HardState, list[Entry]]:
         if fs.exists(os.path.join(dir, CUT_TMP_NAME)):  # a cut that crashed before its rename
             fs.remove(os.path.join(dir, CUT_TMP_NAME))
-        segments = list_segments(fs, dir)
-        starts = [i for i, (_, first) in enumerate(segments) if first <= marker.index]
+        all_segments = list_segments(fs, dir)
+        starts = [i for i, (_, first) in enumerate(all_segments) if first <= marker.index]
         if not starts:
             raise errors.NotFoundError(f"wal: no segment in {dir} holds index {marker.index}")
-        segments = segments[starts[-1] :]
+        segments = all_segments[starts[-1] :]
+        check_contiguous(dir, segments)
         replay = _Replay(marker)
         crc: int | None = None
         end = 0
@@ -209,7 +213,7 @@ class WAL:
             raise
         assert replay.metadata is not None and crc is not None
         wal = cls(
-            fs, dir, lock, replay.metadata, segments, f, end, crc,
+            fs, dir, lock, replay.metadata, all_segments, f, end, crc,
             replay.hard_state, replay.last_index(), segment_bytes,
         )  # fmt: skip
         return wal, replay.metadata, replay.hard_state, replay.entries
@@ -398,6 +402,8 @@ class _Replay:
         for rtype, value, offset in records:
             if rtype == RECORD_ENTRY:
                 if value.index <= base:
+                    # Rewritten at or below the marker: whatever came after it is gone.
+                    entries.clear()
                     continue
                 position = value.index - base - 1
                 if position == len(entries):
