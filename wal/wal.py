@@ -33,6 +33,7 @@ from wal.record import (
     Entry,
     EntryLike,
     HardState,
+    Scan,
     SnapshotMarker,
     encode_crc,
     encode_entries,
@@ -193,7 +194,7 @@ class WAL:
             path = os.path.join(dir, segment_name(seq, first))
             buf = fs.read_file(path)
             scan = scan_segment(buf, crc)
-            replay.check_header(path, scan.records, first_segment=seq == 0)
+            replay.check_header(path, scan, first_segment=seq == 0)
             replay.apply(path, scan.records)
             if scan.bad is not None:
                 is_last = i == len(segments) - 1
@@ -385,16 +386,20 @@ class _Replay:
         self.entries: list[Entry] = []
         self.matched = False
 
-    def check_header(
-        self, path: str, records: list[tuple[int, Any, int]], *, first_segment: bool
-    ) -> None:
+    def check_header(self, path: str, scan: Scan, *, first_segment: bool) -> None:
         """Every segment opens with crc, metadata, and a snapshot marker (the first segment)
-        or a hard state (the others). They were fsynced before the segment got its name."""
+        or a hard state (the others). They were fsynced before the segment got its name, so
+        damage there is never a torn tail."""
         third = RECORD_SNAPSHOT if first_segment else RECORD_STATE
-        kinds = [r[0] for r in records[:3]]
-        if kinds != [RECORD_CRC, RECORD_METADATA, third]:
-            offset = records[len(kinds)][2] if len(kinds) < len(records) else 0
-            raise errors.CorruptionError(path, offset, f"segment header incomplete: {kinds}")
+        expected = [RECORD_CRC, RECORD_METADATA, third]
+        for i, want in enumerate(expected):
+            if i >= len(scan.records):
+                offset = scan.bad.offset if scan.bad else scan.end
+                reason = scan.bad.reason if scan.bad else "segment ends"
+                raise errors.CorruptionError(path, offset, f"{reason} in the segment header")
+            rtype, _, offset = scan.records[i]
+            if rtype != want:
+                raise errors.CorruptionError(path, offset, f"record type {rtype} in the header")
 
     def apply(self, path: str, records: list[tuple[int, Any, int]]) -> None:
         base = self.marker.index
