@@ -97,6 +97,12 @@ class RaftDriver:
             await self._idle.wait()
         self._fail_all(errors.StoppedError())
 
+    async def stop_ticking(self) -> None:
+        """Stop the clock only (a crashed storage thread: nothing will finish)."""
+        self._stopped = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+
     def on_leader_change(self, callback: Callable[[bool], None]) -> None:
         self._leader_callbacks.append(callback)
 
