@@ -59,6 +59,8 @@ class Applier:
         self.cluster_id = cluster_id
         # Invariant: holds only (member_id, alarm type) pairs with type != NONE.
         self.alarms: set[tuple[int, int]] = set()
+        # Set when a Compact was applied; the storage thread then runs the background steps.
+        self.compaction_scheduled = False
         params = inspect.signature(store.write_batch).parameters
         # The WAL is the durability point: the engine commits without fsync when it can, and
         # is synced before a snapshot lets the WAL go.
@@ -110,6 +112,7 @@ class Applier:
             return batch.txn(request.txn)
         if kind == "compaction":
             batch.compact(request.compaction.revision)
+            self.compaction_scheduled = True
             return rpc_pb2.CompactionResponse()
         if kind == "lease_grant":
             batch.lease_grant(request.lease_grant.ID, request.lease_grant.TTL)

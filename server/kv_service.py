@@ -13,7 +13,7 @@ from typing import Any
 from api.etcdserverpb import internal_pb2, rpc_pb2, rpc_pb2_grpc
 
 from . import errors, txn_check
-from .applier import txn_is_read_only
+from .applier import txn_has_put, txn_is_read_only
 from .node import Node
 
 
@@ -42,6 +42,7 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
     async def Put(self, request: Any, context: Any) -> Any:
         try:
             txn_check.check_put(request)
+            await self.node.check_quota(request)
             return await self.node.propose(internal_pb2.InternalRequest(put=request))
         except Exception as exc:
             await errors.abort(context, exc)
@@ -62,6 +63,8 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
                 response = self.node.store.txn_read(request)
                 _fill(self.node, response.header)
                 return response
+            if txn_has_put(request):
+                await self.node.check_quota(request)
             return await self.node.propose(internal_pb2.InternalRequest(txn=request))
         except Exception as exc:
             await errors.abort(context, exc)

@@ -91,6 +91,7 @@ async def serve(config: Config, stop_event: asyncio.Event) -> None:
         maintenance_service.add_to_server(server, node)
         cluster_service.add_to_server(server, node)
         stops.extend(await _start_collaborators(server, node, config))
+        _register_gauges(node)
         await server.start()
     except BaseException:
         await node.stop()
@@ -130,6 +131,41 @@ async def _start_collaborators(
 
         stops.append(await http.serve(config.listen_metrics_urls, healthy))
     return stops
+
+
+def _register_gauges(node: Node) -> None:
+    metrics = _optional("server.metrics")
+    if metrics is None:
+        return
+    gauge = metrics.gauge
+    gauge(
+        "etcd_server_has_leader",
+        "Whether a leader exists (1) or not (0).",
+        lambda: 1.0 if node.leader_id else 0.0,
+    )
+    gauge(
+        "etcd_server_is_leader",
+        "Whether this member is the leader.",
+        lambda: 1.0 if node.is_leader else 0.0,
+    )
+    gauge(
+        "etcd_server_proposals_committed_total",
+        "The committed Raft index.",
+        lambda: float(node.commit_index),
+    )
+    gauge(
+        "etcd_server_proposals_applied_total",
+        "The applied Raft index.",
+        lambda: float(node.applied_index),
+    )
+    gauge("etcd_server_term", "The Raft term.", lambda: float(node.term))
+    gauge(
+        "etcd_mvcc_db_total_size_in_bytes",
+        "Size of the backend file.",
+        lambda: float(node.store.size_bytes()),
+    )
+    gauge("etcd_debugging_mvcc_current_revision", "The current revision of the store.",
+          lambda: float(node.store.revision))  # fmt: skip
 
 
 def _configure_logging(level: str) -> None:

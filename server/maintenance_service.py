@@ -53,7 +53,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
 
     async def Defragment(self, request: Any, context: Any) -> Any:
         try:
-            await self.node.run_on_storage(self.node.store.defragment)
+            await self.node.defragment()
         except Exception as exc:
             await errors.abort(context, exc)
         return rpc_pb2.DefragmentResponse(header=self.node.header())

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,12 @@ class Node:
         node = cls(config, rec, loop)
         if fatal is not None:
             node.storage.on_fatal = fatal
+        try:
+            from . import metrics
+
+            node.storage.fsync_seconds = metrics.WAL_FSYNC_SECONDS
+        except ImportError:
+            pass
         node.storage.start()
         node.driver.start()
         if len(rec.identity.members) == 1:
@@ -156,6 +163,42 @@ class Node:
     async def read_barrier(self) -> None:
         await self.driver.read_barrier()
 
+    async def check_quota(self, request: Any) -> None:
+        """etcd's quota rule before proposing a Put, Txn or LeaseGrant: if it could exceed the
+        backend quota, raise the NOSPACE alarm (through Raft) and fail with NoSpaceError."""
+        try:
+            self.store.check_quota(request)
+        except Exception as exc:
+            if type(exc).__name__ != "NoSpaceError":
+                raise
+            if (self.member_id, rpc_pb2.AlarmType.NOSPACE) not in self.applier.alarms:
+                alarm = rpc_pb2.AlarmRequest(
+                    action=rpc_pb2.AlarmRequest.ACTIVATE,
+                    memberID=self.member_id,
+                    alarm=rpc_pb2.AlarmType.NOSPACE,
+                )
+                await self.propose(internal_pb2.InternalRequest(alarm=alarm))
+            raise
+
+    async def defragment(self) -> None:
+        """Rewrite the engine file. No engine read or write may run meanwhile: the storage
+        thread is parked and the swap runs on the loop, which blocks every handler (etcd also
+        blocks the member during a defragment)."""
+        parked = threading.Event()
+        resume = threading.Event()
+
+        def park() -> None:
+            parked.set()
+            resume.wait()
+
+        held = self.storage.call(park)
+        await self._loop.run_in_executor(None, parked.wait)
+        try:
+            self.store.defragment()
+        finally:
+            resume.set()
+            await held
+
     async def wait_compaction(self) -> None:
         """Wait until the scheduled compaction has deleted everything (Compact physical=true)."""
 
@@ -192,8 +235,7 @@ class Node:
             self._rec.memory.compact(compact_to)
 
     def _apply_conf_change(self, entry: Any) -> None:
-        import raft
+        from raft import codec
 
-        cc = raft.ConfChange.decode(entry.data) if entry.data else None
-        if cc is not None:
-            self._rec.raw_node.apply_conf_change(cc)
+        if entry.data:
+            self._rec.raw_node.apply_conf_change(codec.decode_conf_change(entry.data))

@@ -150,11 +150,13 @@ def open_node_storage(config: Config) -> Recovered:
     _check_identity(identity, metadata, data_dir_of(config))
     if loaded:
         memory.apply_snapshot(_decode_snapshot(loaded))
-    if hard_state is not None:
-        memory.set_hard_state(hard_state)
-    if entries:
-        memory.append(entries)
     applied = max(store.consistent_index, snap_index)
+    if entries:
+        memory.append([raft.Entry(e.term, e.index, e.type, e.data) for e in entries])
+    # The engine may have applied past the commit index the WAL last synced (a commit-only
+    # hard state is written without fsync); what was applied was committed.
+    commit = max(hard_state.commit, min(applied, memory.last_index()))
+    memory.set_hard_state(raft.HardState(hard_state.term, hard_state.vote, commit))
     raw = raft.RawNode(_raft_config(config, identity, memory, applied), peers=[])
     return Recovered(identity, store, wal, snapshotter, memory, raw, applied, snap_index, False)
 

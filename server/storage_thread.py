@@ -22,6 +22,7 @@ import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,7 +97,12 @@ class StorageThread:
         self.on_done = on_done
         self.snapshots = snapshots
         self.on_fatal = on_fatal
+        # The WAL write + fsync latency histogram (server/metrics.py), if metrics are wired.
+        self.fsync_seconds: Any = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # True while the engine may have compaction work left (checked once at start, set
+        # again by every applied Compact).
+        self._compacting = bool(self.store.compaction_pending())
         self._thread = threading.Thread(target=self._run, name="petra-storage", daemon=True)
 
     def start(self) -> None:
@@ -130,7 +136,7 @@ class StorageThread:
 
     def _next_job(self) -> Any:
         # Background compaction proceeds in bounded steps only while nothing else waits.
-        if getattr(self.store, "compaction_pending", False):
+        if self._compacting:
             try:
                 return self._queue.get_nowait()
             except queue.Empty:
@@ -139,7 +145,7 @@ class StorageThread:
 
     def _compaction_step(self) -> None:
         try:
-            self.store.compaction_step()
+            self._compacting = self.store.compaction_step()
         except Exception as exc:  # noqa: BLE001 - the engine failing to write is fatal
             self.on_fatal(exc)
 
@@ -171,7 +177,10 @@ class StorageThread:
             return
         if failpoints.armed is not None:
             failpoints.hit(BEFORE_SAVE)
+        started_s = time.perf_counter()
         self.wal.save(job.hard_state, job.entries, sync=job.must_sync)
+        if job.must_sync and self.fsync_seconds is not None:
+            self.fsync_seconds.observe(None, time.perf_counter() - started_s)
         if failpoints.armed is not None:
             failpoints.hit(AFTER_SAVE)
 
@@ -181,6 +190,9 @@ class StorageThread:
         if failpoints.armed is not None:
             failpoints.hit(BEFORE_APPLY)
         job.results = self.applier.apply(job.committed)
+        if self.applier.compaction_scheduled:
+            self.applier.compaction_scheduled = False
+            self._compacting = True
         if failpoints.armed is not None:
             failpoints.hit(AFTER_APPLY)
         if self.snapshots is not None:
