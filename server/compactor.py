@@ -8,7 +8,7 @@ client Compact would. "Already compacted" counts as success, as in etcd.
 
 periodic, retention R (a duration; a bare number means hours): the revision is sampled every
 min(R, 1h)/10; the first compaction happens R after start, then one every min(R, 1h), each to the
-revision sampled about R earlier.
+revision sampled R + one interval earlier (etcd keeps R/interval + 1 samples).
 revision, retention N: every 5 minutes compact to current revision - N, unless that is <= 0
 or the same as last time.
 """
