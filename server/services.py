@@ -86,13 +86,25 @@ async def start_services(
     services = build_services(
         node, watch_progress_notify_interval_s=watch_progress_notify_interval_s
     )
+    register(grpc_server, services)
+    start(node, services)
+    return services.stop
+
+
+def register(grpc_server: Any, services: Services) -> None:
     rpc_pb2_grpc.add_WatchServicer_to_server(services.watch, grpc_server)
     rpc_pb2_grpc.add_LeaseServicer_to_server(services.lease, grpc_server)
     v3lock_pb2_grpc.add_LockServicer_to_server(services.lock, grpc_server)
     v3election_pb2_grpc.add_ElectionServicer_to_server(services.election, grpc_server)
+
+
+def start(node: Any, services: Services, *, loops: bool = True) -> None:
+    """Loads the leases and follows leadership; `loops=False` leaves the timed loops to the
+    caller (tests drive them with a fake clock)."""
     services.lessor.restore(primary=node.is_leader)
     node.on_leader_change(services.lessor.on_leader_change)
+    if not loops:
+        return
     services.tasks.append(asyncio.create_task(services.lessor.run()))
     if services.compactor is not None:
         services.tasks.append(asyncio.create_task(services.compactor.run()))
-    return services.stop

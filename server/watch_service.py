@@ -58,7 +58,7 @@ class StreamWatcher:
     sent_since_tick: bool = False
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # streams are kept in a set, by identity
 class WatchStream:
     node: Any
     max_request_bytes: int = 1_572_864

@@ -9,15 +9,19 @@ ops that lock and election send, leases, compaction. Not shipped; not a conftest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import grpc
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
 from api.mvccpb import kv_pb2
 from server import service_errors
+from server.services import build_services, register, start
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,3 +362,26 @@ def async_test(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 TEST_DEADLINE_S = 30.0
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    node: FakeNode, *, clock: Callable[[], float] | None = None, progress_interval_s: float = 600
+) -> AsyncIterator[tuple[Any, grpc.aio.Channel]]:
+    """The services on an in-process gRPC server on a free loopback port, and a channel to it.
+    The timed loops do not run: tests drive the lessor and compactor themselves."""
+    services = build_services(
+        node, clock=clock or FakeClock(), watch_progress_notify_interval_s=progress_interval_s
+    )
+    server = grpc.aio.server()
+    register(server, services)
+    start(node, services, loops=False)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield services, channel
+    finally:
+        await channel.close()
+        await server.stop(None)
+        await services.stop()
