@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
+from engine.errors import CompactedError
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,6 @@ def make_policy(mode: str, retention: str, now_s: float) -> Policy | None:
     raise CompactorConfigError(f"unknown auto-compaction-mode {mode!r}")
 
 
-def is_compacted_error(exc: BaseException) -> bool:
-    """engine.errors.CompactedError (or ours): the revision was compacted already."""
-    return type(exc).__name__ == "CompactedError"
-
-
 class Compactor:
     def __init__(
         self, node: Any, policy: Policy, *, clock: Callable[[], float] = time.monotonic
@@ -161,7 +157,7 @@ class Compactor:
         try:
             await self._node.propose(request)
         except Exception as exc:
-            if not is_compacted_error(exc):
+            if not isinstance(exc, CompactedError):
                 log.warning("auto-compaction to revision %d failed: %s", revision, exc)
                 return None
         self.policy.succeeded(revision, self._clock())

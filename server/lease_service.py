@@ -14,13 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2, rpc_pb2_grpc
+from server.errors import NoLeaderError, NotLeaderError
 from server.lessor import FOREVER_S, LEASE_TTL_MAX_S, Lessor
-from server.service_errors import (
-    LeaseTTLTooLargeError,
-    NoLeaderError,
-    NotLeaderError,
-    abort,
-)
+from server.service_errors import LeaseTTLTooLargeError, abort
 
 _SUFFIX_BITS = 48
 _TIME_BITS = 40
@@ -63,6 +59,7 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         if lease_id == 0:
             lease_id = self._ids.next() & ((1 << 63) - 1)
         grant = rpc_pb2.LeaseGrantRequest(ID=lease_id, TTL=ttl_s)
+        await self._node.check_quota(grant)  # etcd refuses grants too once space runs out
         response: rpc_pb2.LeaseGrantResponse = await self._node.propose(
             internal_pb2.InternalRequest(lease_grant=grant)
         )

@@ -18,7 +18,7 @@ from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
 from api.mvccpb import kv_pb2
-from server.service_errors import CompactedError
+from engine.errors import CompactedError
 
 # Upper bound of events pulled from a watcher in one go; the hub never splits a revision, so
 # a single large revision may still exceed it.
@@ -97,6 +97,12 @@ class HubWatch:
             if not isinstance(batch, list) or batch:
                 return batch
             await self.wait()
+
+    def caught_up(self, revision: int) -> bool:
+        """Every event up to `revision` has been taken. (The store's revision moves just
+        before the hub publishes that revision, so an empty `take` alone does not prove it.)"""
+        next_revision: int = self._watcher.next_revision
+        return next_revision > revision
 
     def cancel(self) -> None:
         if not self.closed:

@@ -1,9 +1,10 @@
 """Errors raised by the services of this package that are not engine or node errors.
 
 Each carries its gRPC code and etcd's exact text, so it needs no row in server/errors.py's
-table: `abort` sends these as they are and hands every other exception to that table.
+table: `abort` sends these as they are and hands every other exception (engine errors, the
+node's NoLeaderError, ...) to that table.
 etcd's lock and election helpers run as a client of the server itself, so their errors reach
-the caller as Unknown with the raw text; the rest use etcd's rpctypes codes.
+the caller as Unknown with the raw text.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 import grpc
+
+from server import errors as core_errors
 
 
 class ServiceError(Exception):
@@ -28,28 +31,6 @@ class ServiceError(Exception):
 class LeaseTTLTooLargeError(ServiceError):
     code = grpc.StatusCode.OUT_OF_RANGE
     message = "etcdserver: too large lease TTL"
-
-
-class LeaseNotFoundError(ServiceError):
-    code = grpc.StatusCode.NOT_FOUND
-    message = "etcdserver: requested lease not found"
-
-
-class NoLeaderError(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
-    message = "etcdserver: no leader"
-
-
-class NotLeaderError(ServiceError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: not leader"
-
-
-class CompactedError(ServiceError):
-    """A watch the lock or election services rely on was compacted away."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
-    message = "etcdserver: mvcc: required revision has been compacted"
 
 
 class ElectionNotLeaderError(ServiceError):
@@ -72,12 +53,7 @@ def to_grpc_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status for any exception: ours directly, the rest through server/errors.py."""
     if isinstance(exc, ServiceError):
         return exc.code, exc.message
-    # Imported here so the services also load where core's table is not merged yet (unit
-    # tests); in the assembled node it is always there.
-    from server import errors as core_errors
-
-    code, text = core_errors.to_grpc_status(exc)
-    return code, text
+    return core_errors.to_grpc_status(exc)
 
 
 async def abort(context: Any, exc: BaseException) -> NoReturn:

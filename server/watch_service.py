@@ -43,6 +43,7 @@ INVALID_WATCH_ID = -1
 GRPC_OVERHEAD_BYTES = 512 * 1024
 # etcd's experimental-watch-progress-notify-interval default.
 PROGRESS_NOTIFY_INTERVAL_S = 600.0
+PROGRESS_RETRY_S = 0.005
 
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
@@ -195,7 +196,10 @@ class WatchStream:
         for watcher in list(self.watchers.values()):
             if watcher.progress_notify and not watcher.sent_since_tick:
                 events = self._pull(watcher.watch_id)
-                out.extend(events or [self._response(current, watcher.watch_id)])
+                if events:
+                    out.extend(events)
+                elif watcher.hub.caught_up(current):
+                    out.append(self._response(current, watcher.watch_id))
             watcher.sent_since_tick = False
         return out
 
@@ -207,6 +211,11 @@ class WatchStream:
             out.extend(self._pull(watch_id))
         if out:
             return out  # not caught up yet: send these, answer on a later poll
+        if not all(watcher.hub.caught_up(current) for watcher in self.watchers.values()):
+            # The store's revision moved but the hub has not published it yet: look again
+            # in a moment (the publish may concern none of our watchers, so no notify).
+            asyncio.get_running_loop().call_later(PROGRESS_RETRY_S, self._wake)
+            return []
         self.progress_requested = False
         return [self._response(current, INVALID_WATCH_ID)]
 

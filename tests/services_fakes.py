@@ -20,7 +20,7 @@ import grpc
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
 from api.mvccpb import kv_pb2
-from server import service_errors
+from engine import errors as engine_errors
 from server.services import build_services, register, start
 
 
@@ -50,7 +50,7 @@ class FakeWatcher:
             if self.next_revision < store.compact_revision:
                 return Compacted(store.compact_revision)
             out: list[kv_pb2.Event] = []
-            for revision in range(max(self.next_revision, 2), store.revision + 1):
+            for revision in range(max(self.next_revision, 2), store.published_revision + 1):
                 matched = [
                     event
                     for event in store.events_at.get(revision, [])
@@ -93,6 +93,7 @@ class FakeHub:
         return watcher
 
     def publish(self) -> None:
+        self.store.published_revision = self.store.revision
         for watcher in list(self.watchers):
             watcher.notify()
 
@@ -100,6 +101,8 @@ class FakeHub:
 @dataclass
 class FakeStore:
     revision: int = 1
+    # Like the engine, the revision moves first and the hub publishes it a moment later.
+    published_revision: int = 1
     _next_revision: int = 2
     compact_revision: int = 0
     consistent_index: int = 0
@@ -144,7 +147,7 @@ class FakeStore:
     def lease_ttl_info(self, lease_id: int) -> tuple[int, list[bytes]]:
         with self.lock:
             if lease_id not in self.lease_ttls:
-                raise service_errors.LeaseNotFoundError()
+                raise engine_errors.LeaseNotFoundError()
             keys = [key for key, kv in self.kvs.items() if kv.lease == lease_id]
             return self.lease_ttls[lease_id], keys
 
@@ -164,8 +167,7 @@ class FakeStore:
                 self.revision += 1
                 self.events_at[self.revision] = changes
             response.header.revision = self.revision
-        if changes:
-            self.watch_hub.publish()
+        self.watch_hub.publish()
         return response
 
     def _apply(self, request: internal_pb2.InternalRequest, changes: list) -> Any:
@@ -178,7 +180,7 @@ class FakeStore:
         if request.HasField("lease_grant"):
             grant = request.lease_grant
             if grant.ID in self.lease_ttls:
-                raise LeaseExistsError()
+                raise engine_errors.LeaseExistsError()
             self.lease_ttls[grant.ID] = grant.TTL
             return rpc_pb2.LeaseGrantResponse(ID=grant.ID, TTL=grant.TTL)
         if request.HasField("lease_revoke"):
@@ -189,7 +191,7 @@ class FakeStore:
 
     def _put(self, put: rpc_pb2.PutRequest, changes: list) -> rpc_pb2.PutResponse:
         if put.lease and put.lease not in self.lease_ttls:
-            raise service_errors.LeaseNotFoundError()
+            raise engine_errors.LeaseNotFoundError()
         old = self.kvs.get(put.key)
         kv = kv_pb2.KeyValue(
             key=put.key,
@@ -254,7 +256,7 @@ class FakeStore:
 
     def _revoke(self, lease_id: int, changes: list) -> rpc_pb2.LeaseRevokeResponse:
         if lease_id not in self.lease_ttls:
-            raise service_errors.LeaseNotFoundError()
+            raise engine_errors.LeaseNotFoundError()
         del self.lease_ttls[lease_id]
         for key in sorted(key for key, kv in self.kvs.items() if kv.lease == lease_id):
             self._delete(rpc_pb2.DeleteRangeRequest(key=key), changes)
@@ -262,21 +264,11 @@ class FakeStore:
 
     def _compact(self, revision: int) -> rpc_pb2.CompactionResponse:
         if revision <= self.compact_revision:
-            raise service_errors.CompactedError()
+            raise engine_errors.CompactedError()
         if revision > self.revision:
-            raise FutureRevisionError()
+            raise engine_errors.FutureRevisionError()
         self.compact_revision = revision
         return rpc_pb2.CompactionResponse()
-
-
-class LeaseExistsError(service_errors.ServiceError):
-    code = service_errors.grpc.StatusCode.FAILED_PRECONDITION
-    message = "etcdserver: lease already exists"
-
-
-class FutureRevisionError(service_errors.ServiceError):
-    code = service_errors.grpc.StatusCode.OUT_OF_RANGE
-    message = "etcdserver: mvcc: required revision is a future revision"
 
 
 @dataclass(frozen=True)
@@ -299,6 +291,7 @@ class FakeNode:
         self.proposals: list[internal_pb2.InternalRequest] = []
         self._callbacks: list[Callable[[bool], None]] = []
         self.fail_proposals: Exception | None = None
+        self.quota_checks: list[Any] = []
 
     def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
         return rpc_pb2.ResponseHeader(
@@ -316,6 +309,9 @@ class FakeNode:
         revision = response.header.revision
         response.header.CopyFrom(self.header(revision))
         return response
+
+    async def check_quota(self, request: Any) -> None:
+        self.quota_checks.append(request)
 
     async def read_barrier(self) -> None:
         await asyncio.sleep(0)

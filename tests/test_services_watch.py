@@ -187,6 +187,27 @@ async def test_progress_request_answers_after_pending_events_with_current_revisi
 
 
 @async_test
+async def test_progress_waits_until_the_hub_has_published_the_current_revision() -> None:
+    """The store's revision moves just before the hub publishes it; a progress reply at that
+    revision must wait, or the event it stands for would follow the bookmark."""
+    node = FakeNode()
+    stream = WatchStream(node)
+    create(stream, b"a")
+    await take(stream, 1)
+    with node.store.lock:
+        node.store.revision += 1  # committed, not yet published
+        node.store.events_at[node.store.revision] = [
+            kv_pb2.Event(type=PUT, kv=kv_pb2.KeyValue(key=b"a", mod_revision=2))
+        ]
+    stream.handle(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+    await quiet(stream)
+    node.store.watch_hub.publish()
+    event, progress = await take(stream, 2)
+    assert events(event) == [(PUT, b"a", 2)]
+    assert (progress.watch_id, progress.header.revision) == (-1, 2)
+
+
+@async_test
 async def test_progress_notify_only_for_idle_watchers_that_asked() -> None:
     node = FakeNode()
     stream = WatchStream(node)
