@@ -69,11 +69,13 @@ class Applier:
     def apply(self, entries: Sequence[Any]) -> list[Result]:
         """Apply `entries` (committed, in index order) in one engine transaction."""
         results: list[Result] = []
+        # At start Raft re-delivers every committed entry after the snapshot (so membership
+        # changes are replayed); those the engine already holds are skipped here.
+        applied = self.store.consistent_index
+        if entries and entries[0].index <= applied:
+            entries = [e for e in entries if e.index > applied]
         if not entries:
             return results
-        assert entries[0].index > self.store.consistent_index or not entries[0].index, (
-            "re-applying entries at or below the consistent index"
-        )
         with self.store.write_batch(**self._batch_kwargs) as batch:
             for entry in entries:
                 if entry.type != ENTRY_NORMAL or not entry.data:

@@ -72,8 +72,10 @@ class Node:
             self.applier,
             loop,
             self.driver.on_job_done,
-            snapshots=SnapshotPolicy(
-                config.snapshot_count, self._take_snapshot, rec.snapshot_index
+            snapshots=(
+                SnapshotPolicy(config.snapshot_count, self._take_snapshot, rec.snapshot_index)
+                if rec.snapshotter is not None
+                else None
             ),
             on_fatal=_fatal,
         )

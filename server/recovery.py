@@ -115,7 +115,10 @@ def _raft_config(config: Config, identity: Identity, memory: Any, applied: int) 
         storage=memory,
         rng=random.Random(identity.member_id ^ int.from_bytes(os.urandom(4), "big")),
         pre_vote=True,
-        check_quorum=True,
+        # A lone voter has nobody to hear from; and raft (2edde41..8fd0208) does not count the
+        # leader itself as recently active, so with check-quorum a single member steps down
+        # every election timeout. Multi-member clusters keep it on, as etcd does.
+        check_quorum=len(identity.members) > 1,
         max_size_per_msg=1 << 20,
         max_inflight_msgs=256,
         applied=applied,
@@ -126,14 +129,13 @@ def open_node_storage(config: Config) -> Recovered:
     """Open (or create) everything on disk for this member; raises DataDirError."""
     import raft
     from engine import Store
-    from snapshot import Snapshotter
     from wal import WAL, SnapshotMarker
 
     identity = identity_of(config)
     wal_dir, snap_dir, db_dir = _prepare_dirs(data_dir_of(config))
     has_wal = os.path.isdir(wal_dir) and any(n.endswith(".wal") for n in os.listdir(wal_dir))
     store = Store.open(db_dir, quota_bytes=quota_bytes_of(config))
-    snapshotter = Snapshotter(snap_dir)
+    snapshotter = _snapshotter(snap_dir)
     memory = raft.MemoryStorage()
     if not has_wal:
         if os.path.isdir(wal_dir) and not os.listdir(wal_dir):
@@ -144,21 +146,31 @@ def open_node_storage(config: Config) -> Recovered:
             peers=[m[0] for m in identity.members],
         )
         return Recovered(identity, store, wal, snapshotter, memory, raw, 0, 0, True)
-    loaded = snapshotter.load()
+    loaded = snapshotter.load() if snapshotter is not None else None
     snap_term, snap_index = (loaded[0], loaded[1]) if loaded else (0, 0)
     wal, metadata, hard_state, entries = WAL.open(wal_dir, SnapshotMarker(snap_index, snap_term))
     _check_identity(identity, metadata, data_dir_of(config))
     if loaded:
         memory.apply_snapshot(_decode_snapshot(loaded))
-    applied = max(store.consistent_index, snap_index)
+    # Raft re-delivers the committed entries after the snapshot: the applier skips those at
+    # or below the engine's consistent index, and membership changes among them are replayed.
+    applied = snap_index
     if entries:
         memory.append([raft.Entry(e.term, e.index, e.type, e.data) for e in entries])
     # The engine may have applied past the commit index the WAL last synced (a commit-only
     # hard state is written without fsync); what was applied was committed.
-    commit = max(hard_state.commit, min(applied, memory.last_index()))
+    commit = max(hard_state.commit, min(store.consistent_index, memory.last_index()))
     memory.set_hard_state(raft.HardState(hard_state.term, hard_state.vote, commit))
     raw = raft.RawNode(_raft_config(config, identity, memory, applied), peers=[])
     return Recovered(identity, store, wal, snapshotter, memory, raw, applied, snap_index, False)
+
+
+def _snapshotter(snap_dir: str) -> Any:
+    try:
+        from snapshot import Snapshotter
+    except ImportError:  # snapshot/ not merged yet: run without snapshots
+        return None
+    return Snapshotter(snap_dir)
 
 
 def _check_identity(identity: Identity, metadata: bytes, root: str) -> None:

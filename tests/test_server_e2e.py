@@ -60,12 +60,15 @@ class Petra:
             while True:
                 assert self.proc.poll() is None, self.log.read_text()
                 assert time.monotonic() < deadline, self.log.read_text()
+                ready = grpc.channel_ready_future(channel)
                 try:
-                    grpc.channel_ready_future(channel).result(timeout=0.5)
+                    ready.result(timeout=0.5)
                     kv.Range(rpc_pb2.RangeRequest(key=b"health"), timeout=2)
                     return self
                 except (grpc.FutureTimeoutError, grpc.RpcError):
                     continue
+                finally:
+                    ready.cancel()
 
     def stop(self) -> int:
         assert self.proc is not None
