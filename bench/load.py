@@ -82,6 +82,7 @@ class LoadResult:
     cpu_share_max: float
     wall_s: float
     warnings: list[str]
+    latencies_s: dict[str, list[float]] = field(default_factory=dict)
 
 
 class Recorder:
@@ -504,10 +505,11 @@ def merge(spec: LoadSpec, results: list[WorkerResult]) -> LoadResult:
             ends.setdefault(label, array("d")).frombytes(e_bytes)
     summaries: dict[str, stats.Summary] = {}
     first: dict[str, float] = {}
+    latencies: dict[str, list[float]] = {}
     error_total = sum(errors.values())
     for label in starts:
         st, en = starts[label], ends[label]
-        lats = [e - s for s, e in zip(st, en, strict=True)]
+        lats = latencies[label] = [e - s for s, e in zip(st, en, strict=True)]
         first[label] = min(st) if st else 0.0
         total_s = (max(en) - first[label]) if en else 0.0
         summaries[label] = stats.summarize(lats, total_s, error_total, dict(errors))
@@ -518,7 +520,9 @@ def merge(spec: LoadSpec, results: list[WorkerResult]) -> LoadResult:
     if not summaries and errors:
         summaries["errors"] = stats.summarize([], wall_s, error_total, dict(errors))
     ends_list = {k: list(v) for k, v in ends.items()}
-    return LoadResult(spec, summaries, ends_list, first, cpu_s, share_max, wall_s, warnings)
+    return LoadResult(
+        spec, summaries, ends_list, first, cpu_s, share_max, wall_s, warnings, latencies
+    )
 
 
 def cpu_warnings(spec: LoadSpec, cpu_s: float, wall_s: float, share_max: float) -> list[str]:
