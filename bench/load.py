@@ -344,7 +344,7 @@ async def _run_watch(
         await _put_stamped(share, clients, rec, keys)
     try:
         await asyncio.wait_for(all_in.wait(), share.timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         rec.errors[f"watch: {expected - got} of {expected} events not received"] += 1
     for t in readers:
         t.cancel()

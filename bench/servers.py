@@ -7,6 +7,7 @@ Every process is started in its own session, remembered by its pid, and killed b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -96,10 +97,8 @@ class ServerProcess:
         """kill -9 the server (and anything it started, by its process group)."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
 
     def stop(self, grace_s: float = 5.0) -> None:
