@@ -394,7 +394,7 @@ async def _worker(spec: LoadSpec, index: int, barrier: Any, progress: Any) -> Wo
     ]
     try:
         for c in clients:
-            await c.wait_ready(10.0)
+            await c.wait_ready(spec.connect_timeout_s)
     except Exception:
         barrier.abort()
         raise

@@ -46,6 +46,7 @@ class LoadSpec:
     put_rate: float = 0.0
     lease_ttl_s: int = 100
     timeout_s: float = 30.0
+    connect_timeout_s: float = 10.0
     seed: int = 1
     procs: int = 1
     extra: dict[str, str] = field(default_factory=dict)
