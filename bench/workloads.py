@@ -66,7 +66,8 @@ def random_value(rng: random.Random, size: int) -> bytes:
 
 
 class KeyPicker:
-    """The key of each request: sequential (i mod space, interleaved over workers) or random."""
+    """The key number of each request: sequential (i mod space, interleaved over workers)
+    or uniformly random."""
 
     def __init__(self, spec: LoadSpec, worker: int, rng: random.Random) -> None:
         self.space = max(1, spec.key_space_size)
@@ -75,31 +76,37 @@ class KeyPicker:
         self.rng = rng
         self.next_n = worker
         self.step = max(1, spec.procs)
-        self.cache: dict[int, bytes] = {}
 
-    def key(self) -> bytes:
+    def number(self) -> int:
         if self.sequential:
             n = self.next_n % self.space
             self.next_n += self.step
-        else:
-            n = self.rng.randrange(self.space)
-        k = self.cache.get(n)
-        if k is None:
-            k = benchmark_key(n, self.key_size)
-            if len(self.cache) < 1 << 16:
-                self.cache[n] = k
-        return k
+            return n
+        return self.rng.randrange(self.space)
+
+    def key(self) -> bytes:
+        return benchmark_key(self.number(), self.key_size)
 
 
 class PutRequests:
-    """Put requests: the value field is encoded once, the key part per request."""
+    """Put requests: the value field is encoded once; whole requests are cached per key
+    number (up to CACHE_MAX of them), so the hot path is one dict lookup."""
+
+    CACHE_MAX = 1 << 17
 
     def __init__(self, spec: LoadSpec, worker: int, rng: random.Random) -> None:
         self.keys = KeyPicker(spec, worker, rng)
         self.value_field = wire.field_bytes(2, random_value(rng, spec.val_size))
+        self.cache: dict[int, bytes] = {}
 
     def next(self) -> bytes:
-        return wire.field_bytes(1, self.keys.key()) + self.value_field
+        n = self.keys.number()
+        req = self.cache.get(n)
+        if req is None:
+            req = wire.field_bytes(1, benchmark_key(n, self.keys.key_size)) + self.value_field
+            if len(self.cache) < self.CACHE_MAX:
+                self.cache[n] = req
+        return req
 
 
 class TxnPutRequests:
