@@ -445,3 +445,14 @@ def test_hash_kv_is_deterministic(tmp_path) -> None:  # type: ignore[no-untyped-
     a.close()
     a = Store.open(str(tmp_path / "a"))
     assert a.hash_kv(5) == h and h[1] == 3
+
+
+def test_watcher_registered_mid_batch_is_notified(store: Store) -> None:
+    """A watcher created while a batch that collected no events runs is still woken, and
+    replays the batch's events from LMDB."""
+    calls: list[int] = []
+    with store.write_batch() as b:
+        b.put(pb.PutRequest(key=b"a", value=b"1"))
+        w = store.watch_hub.watch(b"a", b"", 0, notify=lambda: calls.append(1))
+    assert calls == [1]
+    assert [e.kv.value for e in w.take(10)] == [b"1"]
