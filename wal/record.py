@@ -15,7 +15,7 @@ import struct
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import crcmod.predefined
 
@@ -63,11 +63,13 @@ assert HEADER.size == HEADER_BYTES
 assert ENTRY_BODY.size == 24 and ENTRY_HEAD.size == HEADER_BYTES - 4 + ENTRY_BODY.size
 
 
-class Entry(NamedTuple):
-    """A log entry. A NamedTuple rather than a frozen dataclass: replay builds hundreds of
-    thousands a second, and a tuple is built in less than half the time (measured)."""
+@dataclass(slots=True)
+class Entry:
+    """A log entry; treat it as immutable. Not `frozen=True`: replay builds hundreds of
+    thousands a second, and a frozen dataclass takes 3x as long to build (0.76 vs 0.25 us,
+    measured; a NamedTuple takes 0.70)."""
 
-    index: int  # type: ignore[assignment]  # shadows tuple.index, which nobody calls here
+    index: int
     term: int
     type: int
     data: bytes
