@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from wal import WAL, Entry, HardState, SnapshotMarker
-from wal.record import USING_C_CRC, encode_entries
+from wal.record import CRC_IMPLEMENTATION, encode_entries
 
 ENTRY_BYTES = 256
 ROUNDS = 5
@@ -143,7 +143,7 @@ def run(d: str, args: argparse.Namespace) -> None:
     seconds, seg = args.seconds, args.segment_bytes
     print(
         f"dir {d}; entry {ENTRY_BYTES} B; segment {seg // MIB} MiB; {seconds:.1f} s each; "
-        f"C CRC {USING_C_CRC}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
+        f"CRC {CRC_IMPLEMENTATION}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cpus"
     )
     # Raw and WAL batch-1 measurements alternate in short rounds, so both see the same
     # background load (the machine is shared).

@@ -27,6 +27,18 @@ _, _TABLE, _raw = _crc32c.__defaults__  # type: ignore[misc]
 _XOR = 0xFFFFFFFF
 # False means crcmod fell back to pure Python: correct, but replay and encoding get ~50x slower.
 USING_C_CRC: bool = getattr(sys.modules.get("crcmod.crcmod"), "_usingExtension", False)
+
+# Optional: google-crc32c computes CRC-32C with the CPU's crc32 instruction, 2-3x cheaper per
+# 300-byte frame than crcmod's table. Used when installed; the results are identical.
+_hw_extend: Callable[[int, bytes], int] | None
+try:
+    from google_crc32c import _crc32c as _hw  # type: ignore[import-not-found, unused-ignore]
+
+    _hw_extend = _hw.extend
+    assert _hw_extend(0, b"123456789") == 0xE3069283
+except ImportError:
+    _hw_extend = None
+CRC_IMPLEMENTATION = "google-crc32c" if _hw_extend else ("crcmod C" if USING_C_CRC else "python")
 assert crc32c(b"123456789", 0) == 0xE3069283 == _raw(b"123456789", _XOR, _TABLE) ^ _XOR
 
 RECORD_METADATA = 1
@@ -132,7 +144,7 @@ def encode_entries(
     pack_head = ENTRY_HEAD.pack
     pack_crc = CRC_FIELD.pack
     append = out.append
-    raw, table, xor = _raw, _TABLE, _XOR
+    raw, table, xor, hw = _raw, _TABLE, _XOR, _hw_extend
     crc = prev_crc
     for e in entries:
         data = e.data
@@ -147,7 +159,7 @@ def encode_entries(
         )  # fmt: skip
         if pad:
             rest += ZEROES[pad]
-        crc = raw(rest, crc ^ xor, table) ^ xor
+        crc = hw(crc, rest) if hw else raw(rest, crc ^ xor, table) ^ xor
         append(pack_crc(crc))
         append(rest)
     return crc
@@ -241,7 +253,7 @@ def scan_segment(buf: bytes, start_crc: int | None) -> Scan:
     unpack_header = HEADER.unpack_from
     unpack_frame = ENTRY_FRAME.unpack_from
     frame_fixed = ENTRY_FRAME.size
-    raw, table, xor = _raw, _TABLE, _XOR
+    raw, table, xor, hw = _raw, _TABLE, _XOR, _hw_extend
     while offset + HEADER_BYTES <= size:
         if offset + frame_fixed <= size:
             crc, prev, word, rtype, reserved, magic, synced, e_index, e_term, e_type = unpack_frame(
@@ -263,7 +275,12 @@ def scan_segment(buf: bytes, start_crc: int | None) -> Scan:
             or rtype not in RECORD_TYPES
             or end > size
             or synced > offset
-            or raw(view[offset + 4 : end], prev ^ xor, table) ^ xor != crc
+            or (
+                hw(prev, buf[offset + 4 : end])
+                if hw
+                else raw(view[offset + 4 : end], prev ^ xor, table) ^ xor
+            )
+            != crc
         ):
             checked = check_frame(buf, offset)
             why = checked if isinstance(checked, str) else "bad frame"
