@@ -208,3 +208,28 @@ def test_failpoint_panic_and_counting() -> None:
     finally:
         failpoints.disarm_all()
     assert failpoints.armed is None
+
+
+def test_gap_in_entries_is_refused(tmp_path) -> None:
+    """An entry that skips an index cannot come from Raft: the log is refused, naming where."""
+    d = str(tmp_path / "wal")
+    wal = WAL.create(d, META)
+    wal.save(None, entries(1, 3), sync=True)
+    wal.save(None, entries(5, 1), sync=True)
+    wal.close()
+    with pytest.raises(errors.CorruptionError, match="entry 5 leaves a gap after 3"):
+        WAL.open(d, SnapshotMarker(0, 0))
+
+
+def test_rewrite_at_or_below_marker_clears_later_entries(tmp_path) -> None:
+    """Entries 1-4 (term 1), then index 2 rewritten (term 2), snapshot at (2, 2): the stale
+    entries 3 and 4 of term 1 must not come back after the marker."""
+    d = str(tmp_path / "wal")
+    wal = WAL.create(d, META)
+    wal.save(None, entries(1, 4, term=1), sync=True)
+    wal.save(HardState(2, 1, 2), entries(2, 1, term=2), sync=True)
+    wal.save_snapshot(SnapshotMarker(2, 2))
+    wal.close()
+    wal, _, hs, got = WAL.open(d, SnapshotMarker(2, 2))
+    wal.close()
+    assert got == [] and hs == HardState(2, 1, 2)

@@ -414,21 +414,25 @@ class _Replay:
     def apply(self, path: str, records: list[tuple[int, Any, int]]) -> None:
         base = self.marker.index
         entries = self.entries
+        append = entries.append
+        expected = base + len(entries) + 1  # the index that simply extends the log
         for rtype, value, offset in records:
             if rtype == RECORD_ENTRY:
-                if value.index <= base:
+                index = value.index
+                if index == expected:  # the common case, kept cheap: replay's hot loop
+                    append(value)
+                    expected += 1
+                    continue
+                if index <= base:
                     # Rewritten at or below the marker: whatever came after it is gone.
                     entries.clear()
-                    continue
-                position = value.index - base - 1
-                if position == len(entries):
-                    entries.append(value)
-                elif position < len(entries):
-                    del entries[position:]  # a later entry at index i replaces i onwards
-                    entries.append(value)
+                elif index < expected:
+                    del entries[index - base - 1 :]  # a later entry at index i replaces i on
+                    append(value)
                 else:
-                    gap = f"entry {value.index} leaves a gap after {base + len(entries)}"
+                    gap = f"entry {index} leaves a gap after {expected - 1}"
                     raise errors.CorruptionError(path, offset, gap)
+                expected = base + len(entries) + 1
             elif rtype == RECORD_STATE:
                 self.hard_state = value
             elif rtype == RECORD_SNAPSHOT:
