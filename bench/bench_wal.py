@@ -55,7 +55,7 @@ def raw_disk(d: str, write_bytes: int, seconds: float, file_bytes: int) -> list[
         os.fsync(fd)
         buf = os.urandom(write_bytes)
         offset = 0
-        latencies = []
+        latencies: list[float] = []
         end = time.perf_counter() + seconds
         while time.perf_counter() < end:
             t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def wal_appends(d: str, batch: int, seconds: float, segment_bytes: int) -> list[
     wal = WAL.create(wal_dir, b"bench", segment_bytes=segment_bytes)
     data = os.urandom(ENTRY_BYTES)
     index = 1
-    latencies = []
+    latencies: list[float] = []
     end = time.perf_counter() + seconds
     try:
         while time.perf_counter() < end or len(latencies) < 5:
