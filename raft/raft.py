@@ -510,6 +510,9 @@ class Raft:
         return tuple(out)
 
     def _leader_check_quorum(self) -> None:
+        me = self.prs.progress.get(self.id)
+        if me is not None:
+            me.recent_active = True  # a leader always counts itself as active
         if not self.prs.quorum_active():
             self.become_follower(self.term, NONE)
         for member, pr in self.prs.progress.items():
@@ -738,16 +741,16 @@ class Raft:
             # Only a follower takes snapshots; defensively force a new election.
             self.become_follower(self.term + 1, NONE)
             return False
-        cs = s.conf_state
-        if self.id not in cs.voters and self.id not in cs.learners:
-            return False  # a snapshot from a configuration that lacks us: ignore it
         if log.match_term(s.index, s.term):
             log.commit_to(s.index)  # we have the entries already: fast-forward the commit
             return False
         log.restore(s)
-        self.restore_conf_state(cs)
-        pr = self.prs.progress[self.id]
-        pr.maybe_update(pr.next - 1)
+        # The snapshot's configuration may predate our own addition (a member added after the
+        # leader's latest snapshot): we then follow the log until we apply that addition.
+        self.restore_conf_state(s.conf_state)
+        pr = self.prs.progress.get(self.id)
+        if pr is not None:
+            pr.maybe_update(pr.next - 1)
         return True
 
     # ---- ticks -----------------------------------------------------------------------------
