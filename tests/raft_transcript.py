@@ -76,8 +76,10 @@ def describe_message(m: Message) -> str:
         s += f" Index:{m.index}"
     if m.type in (MessageType.MSG_APP, MessageType.MSG_HEARTBEAT) or m.commit:
         s += f" Commit:{m.commit}"
-    if m.reject:
+    if m.reject and m.type == MessageType.MSG_APP_RESP:
         s += f" Rejected (Hint: {m.reject_hint}, LogTerm: {m.log_term})"
+    elif m.reject:
+        s += " Rejected"
     if m.entries:
         s += f" Entries:{describe_entries(m.entries)}"
     if m.context:
