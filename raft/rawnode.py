@@ -147,8 +147,10 @@ class RawNode:
         if (r.term, r.vote, log.committed) != (prev_hard.term, prev_hard.vote, prev_hard.commit):
             hard = HardState(r.term, r.vote, log.committed)
         entries = log.unstable_entries()
-        must_sync = bool(entries) or (
-            hard is not None and (hard.term != prev_hard.term or hard.vote != prev_hard.vote)
+        must_sync = (
+            bool(entries)
+            or log.unstable.snapshot is not None
+            or (hard is not None and (hard.term != prev_hard.term or hard.vote != prev_hard.vote))
         )
         rd = Ready(
             soft,

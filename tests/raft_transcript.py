@@ -17,7 +17,7 @@ Commands:
   propose-conf-change ID add|remove|add-learner MEMBER | transfer-leader LEADER TRANSFEREE
   tick ID [N] | tick-election ID | tick-heartbeat ID
   process-ready ID...      handle each member's Ready (persist, apply), queue its messages
-  deliver-msgs [to=ID] [from=ID] [type=MsgApp]   deliver matching queued messages, in order
+  deliver-msgs [to=ID] [from=ID] [type=MsgApp] [ctx=C]   deliver matching queued messages, in order
   drop-msgs [to=ID] [from=ID] [type=...]
   stabilize [ID...]        process-ready and deliver until quiet (isolated members excluded)
   isolate ID | heal | crash ID | restart ID | compact ID INDEX
@@ -162,6 +162,7 @@ class Transcript:
         out.extend("  " + line for line in describe_ready(rd))
         if rd.snapshot is not None:
             m.storage.apply_snapshot(rd.snapshot)
+            m.applied = [f"<{rd.snapshot.data.decode()}>"]
         m.storage.append(rd.entries)
         if rd.hard_state is not None:
             m.storage.set_hard_state(rd.hard_state)
@@ -205,6 +206,8 @@ class Transcript:
         if "to" in flt and msg.to != int(flt["to"]):
             return False
         if "from" in flt and msg.from_ != int(flt["from"]):
+            return False
+        if "ctx" in flt and msg.context != flt["ctx"].encode():
             return False
         return not ("type" in flt and _MSG_NAMES[MessageType(msg.type)] != flt["type"])
 
