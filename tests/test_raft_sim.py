@@ -8,21 +8,7 @@ import dataclasses
 import pytest
 
 from raft.log import RaftLog
-from tests.raft_sim import SafetyViolation, SimParams, replay_command, run_seed
-
-# Many short elections, frequent leader crashes and partitions, one entry per append: the
-# schedule that exposes commit-rule bugs (Raft paper, Figure 8).
-CHAOS = SimParams(
-    election_tick=5,
-    p_drop=0.05,
-    p_crash=0.05,
-    p_crash_leader=0.1,
-    crash_rounds_max=20,
-    p_partition=0.1,
-    partition_rounds_max=20,
-    p_propose=0.8,
-    max_size_per_msg=1,
-)
+from tests.raft_sim import CHAOS, SafetyViolation, SimParams, replay_command, run_seed
 
 # (name, params, first seed, seed count): 650 seeds in all.
 SUITES = [
