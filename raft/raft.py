@@ -389,6 +389,10 @@ class Raft:
 
     def step(self, m: Message) -> None:
         """Process one message. Raises ProposalDroppedError for a proposal it cannot take."""
+        t = m.type
+        if m.term == self.term and t != MSG_HUP and t != MSG_VOTE and t != MSG_PRE_VOTE:
+            self._step(m)  # the common case: our term (or local), handled by the role
+            return
         if m.term == 0:
             pass  # local message
         elif m.term > self.term:
@@ -413,7 +417,6 @@ class Raft:
             self._step_stale(m)
             return
 
-        t = m.type
         if t == MSG_HUP:
             self.hup(CAMPAIGN_PRE_ELECTION if self.pre_vote else CAMPAIGN_ELECTION)
         elif t in (MSG_VOTE, MSG_PRE_VOTE):
@@ -577,7 +580,15 @@ class Raft:
                 self.send_append(m.from_)
             return
         old_paused = pr.is_paused()
-        if not pr.maybe_update(m.index):
+        n = m.index
+        if pr.match < n:  # Progress.maybe_update, inlined
+            pr.match = n
+            pr.probe_sent = False
+            if pr.next <= n:
+                pr.next = n + 1
+        else:
+            if pr.next <= n:
+                pr.next = n + 1
             return
         if pr.state == PROBE:
             pr.become_replicate()
