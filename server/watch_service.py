@@ -147,8 +147,8 @@ class WatchStream:
         """What to send now, in order; [] if nothing (then `wait`)."""
         self._wakeup.clear()
         if self.control:
-            out, self.control = self.control, []
-            return out
+            control, self.control = self.control, []
+            return control
         out: list[rpc_pb2.WatchResponse] = []
         for watch_id in list(self.pending):
             self.pending.pop(watch_id, None)
