@@ -1,0 +1,326 @@
+"""Real node processes for the integration suites: petra (`python -m server.main`) and etcd.
+
+Theory of operation. A `Node` is one member started as a child process with etcd's flags on
+free loopback ports, its data in a pytest tmp_path. `start()` returns once the member answers a
+linearizable Range on its client port (the check `etcdctl endpoint health` makes), polling with
+a deadline; a process that exits before that fails the test with the tail of its log. `stop()`
+sends SIGTERM then SIGKILL after a deadline; `kill9()` is the crash. `restart()` reuses the same
+ports and data directory. Both kinds share the exact same flags, so a test parametrised over
+the `node_kind` fixture runs unchanged against etcd 3.4.23 (which proves the test) and petra.
+
+Helpers: `etcdctl(node, *args)` runs the real etcdctl against a node; `stubs(node)` gives the
+gRPC stubs of every service; `LineReader` reads a long-running process's output until expected
+lines arrive. These are fixtures and helpers, not a conftest.py: test modules import them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+import grpc
+import pytest
+
+from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from api.v3electionpb import v3election_pb2_grpc
+from api.v3lockpb import v3lock_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ETCD_BIN = "/usr/bin/etcd"
+ETCDCTL_BIN = "/usr/bin/etcdctl"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 10.0
+KINDS = ("etcd", "petra")
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the node binds it a moment later; start retries)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NodeFailed(Exception):
+    """The node process exited or did not become ready in time."""
+
+
+@dataclasses.dataclass
+class Node:
+    kind: str  # "etcd" or "petra"
+    data_dir: pathlib.Path
+    name: str = "n1"
+    client_port: int = 0
+    peer_port: int = 0
+    metrics_port: int = 0
+    extra_args: tuple[str, ...] = ()
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: pathlib.Path | None = None
+    starts: int = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def args(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        argv = [
+            "--name", self.name,
+            "--data-dir", str(self.data_dir),
+            "--listen-client-urls", self.url,
+            "--advertise-client-urls", self.url,
+            "--listen-peer-urls", peer,
+            "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"{self.name}={peer}",
+            "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}",
+        ]  # fmt: skip
+        return argv + list(self.extra_args)
+
+    def command(self) -> list[str]:
+        if self.kind == "etcd":
+            return [ETCD_BIN, *self.args()]
+        return [sys.executable, "-m", "server.main", *self.args()]
+
+    def _spawn(self) -> None:
+        self.starts += 1
+        self.log_path = self.data_dir.parent / f"{self.name}-{self.kind}-{self.starts}.log"
+        env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
+        # etcd reads ETCD_* variables; keep the caller's out of the way unless a test sets them.
+        env = {k: v for k, v in env.items() if not k.startswith("ETCD_") or k in self.env}
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> Node:
+        """Start (or restart) and wait until a linearizable read succeeds."""
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        if not self.client_port:
+            self.client_port, self.peer_port, self.metrics_port = (free_port() for _ in range(3))
+        self._spawn()
+        self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        request = rpc_pb2.RangeRequest(key=b"health")
+        with grpc.insecure_channel(self.endpoint) as channel:
+            kv = rpc_pb2_grpc.KVStub(channel)
+            while True:
+                self._check_alive()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise NodeFailed(f"{self.kind} not ready in {timeout_s}s:\n{self.log_tail()}")
+                try:
+                    grpc.channel_ready_future(channel).result(timeout=min(left, 0.5))
+                    kv.Range(request, timeout=min(left, 2.0))
+                    return
+                except (grpc.FutureTimeoutError, grpc.RpcError):
+                    continue
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise NodeFailed(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM, then SIGKILL if it has not exited by the deadline; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
+
+    def kill9(self) -> None:
+        """The crash: SIGKILL and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self, timeout_s: float = START_TIMEOUT_S) -> Node:
+        self.stop()
+        return self.start(timeout_s)
+
+
+def make_node(kind: str, tmp_path: pathlib.Path, name: str = "n1", **kw: object) -> Node:
+    base = tmp_path / f"{kind}-{name}"
+    base.mkdir(parents=True, exist_ok=True)
+    return Node(kind=kind, data_dir=base / "data", name=name, **kw)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def running(kind: str, tmp_path: pathlib.Path, **kw: object) -> Iterator[Node]:
+    node = make_node(kind, tmp_path, **kw)
+    try:
+        yield node.start()
+    finally:
+        node.stop()
+
+
+# --- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=KINDS)
+def node_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def node(node_kind: str, tmp_path: pathlib.Path) -> Iterator[Node]:
+    """A fresh one-member node (etcd or petra) with an empty keyspace."""
+    with running(node_kind, tmp_path) as n:
+        yield n
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def shared_node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    """One node per module and kind; tests using it keep to their own key prefixes."""
+    with running(str(request.param), tmp_path_factory.mktemp("shared")) as n:
+        yield n
+
+
+# --- etcdctl -------------------------------------------------------------------------------
+
+
+def ctl_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+    env["ETCDCTL_API"] = "3"
+    return env
+
+
+def etcdctl(
+    node: Node, *args: str, input: str | None = None, timeout_s: float = 30.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the real etcdctl against the node; raise with its output if it fails and check."""
+    cmd = [ETCDCTL_BIN, f"--endpoints={node.endpoint}", *args]
+    done = subprocess.run(
+        cmd, input=input, capture_output=True, text=True, env=ctl_env(), timeout=timeout_s
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {done.returncode}\nstdout:\n{done.stdout}\n"
+            f"stderr:\n{done.stderr}\n{node.kind} log:\n{node.log_tail()}"
+        )
+    return done
+
+
+def etcdctl_popen(node: Node, *args: str) -> subprocess.Popen[str]:
+    """A long-running etcdctl (watch, lock, elect) whose output a LineReader follows."""
+    cmd = [ETCDCTL_BIN, f"--endpoints={node.endpoint}", *args]
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ctl_env(),
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+class LineReader:
+    """Collects a process's output lines on a thread; `until()` waits for them with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._pump, daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def until(self, count: int, timeout_s: float = 15.0) -> list[str]:
+        """Wait until at least `count` lines have arrived; return all lines so far."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.lines) < count:
+            left = deadline - time.monotonic()
+            try:
+                line = self._queue.get(timeout=max(left, 0))
+            except queue.Empty:
+                raise AssertionError(f"timed out waiting for {count} lines: {self.lines}") from None
+            if line is None:
+                raise AssertionError(f"process ended after lines: {self.lines}")
+            self.lines.append(line)
+        return list(self.lines)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self._thread.join(5)
+
+
+# --- gRPC ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stubs:
+    channel: grpc.Channel
+    kv: rpc_pb2_grpc.KVStub
+    watch: rpc_pb2_grpc.WatchStub
+    lease: rpc_pb2_grpc.LeaseStub
+    cluster: rpc_pb2_grpc.ClusterStub
+    maintenance: rpc_pb2_grpc.MaintenanceStub
+    lock: v3lock_pb2_grpc.LockStub
+    election: v3election_pb2_grpc.ElectionStub
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def stubs(node: Node, options: Sequence[tuple[str, int]] = ()) -> Stubs:
+    ch = grpc.insecure_channel(node.endpoint, options=list(options))
+    return Stubs(
+        channel=ch,
+        kv=rpc_pb2_grpc.KVStub(ch),
+        watch=rpc_pb2_grpc.WatchStub(ch),
+        lease=rpc_pb2_grpc.LeaseStub(ch),
+        cluster=rpc_pb2_grpc.ClusterStub(ch),
+        maintenance=rpc_pb2_grpc.MaintenanceStub(ch),
+        lock=v3lock_pb2_grpc.LockStub(ch),
+        election=v3election_pb2_grpc.ElectionStub(ch),
+    )
+
+
+def wait_for(predicate: object, timeout_s: float = 10.0, what: str = "condition") -> None:
+    """Poll a cheap predicate (a callable) until true or the deadline; fails with `what`."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)  # a poll interval, not a sleep standing in for a condition
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
