@@ -1,0 +1,344 @@
+"""A write batch: one LMDB write transaction applying Put, DeleteRange, Txn, Compact and lease
+operations in order, each write transaction at its own main revision.
+
+Every operation validates everything it depends on before its first write, so an operation that
+fails raises and leaves the batch as it was (LMDB nested transactions are not used).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from api.etcdserverpb import rpc_pb2
+from api.mvccpb import kv_pb2
+from engine import compaction, errors, keys, reader
+
+if TYPE_CHECKING:
+    from engine.store import Store
+
+_IDX_PACK = keys.IDX_VALUE.pack
+_IDX_UNPACK = keys.IDX_VALUE.unpack_from
+_IDX_SIZE = keys.IDX_VALUE.size
+_LOG_PACK = keys.LOG_VALUE.pack
+_REV_PACK = keys._REV.pack
+_U64_PACK = keys._U64.pack
+_MAIN_MAX = keys.MAIN_MAX
+_SHORT = keys.SHORT_KEY_BYTES_MAX
+_LATEST = reader.LATEST
+
+# A raw event: (main, sub, is_delete, key, create, version, lease, value).
+RawEvent = tuple[int, int, bool, bytes, int, int, int, bytes]
+
+
+class WriteBatch:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.dbs = store.dbs
+        self.lt = store.env.begin(write=True)
+        self.idx = self.lt.cursor(db=self.dbs.idx)
+        self.log = self.lt.cursor(db=self.dbs.log)
+        self.rev = store.revision
+        self.consistent_index = store.consistent_index
+        self.compact_rev = store.compact_revision
+        # Events are kept only if someone watches; publish() resets the hub's ring otherwise.
+        self.events: list[RawEvent] | None = [] if store.watch_hub.active() else None
+        self._sub = 0  # next sub revision inside the current write transaction
+        self._done = False
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def commit(self) -> None:
+        assert not self._done
+        self._done = True
+        if self.rev != self.store.revision:
+            self.lt.put(b"rev", _U64_PACK(self.rev), db=self.dbs.meta)
+        self.lt.commit()
+
+    def abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self.lt.abort()
+
+    # ---- public operations --------------------------------------------------------------
+    def set_consistent_index(self, index: int) -> None:
+        self.consistent_index = index
+        self.lt.put(b"consistent_index", _U64_PACK(index), db=self.dbs.meta)
+
+    def put(self, req: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
+        _check_put(req)
+        self._check_put_state(req)
+        main = self.rev + 1
+        self._sub = 0
+        prev = self._put(req, main)
+        self.rev = main
+        resp = rpc_pb2.PutResponse()
+        resp.header.revision = main
+        if prev is not None:
+            resp.prev_kv.CopyFrom(prev)
+        return resp
+
+    def delete_range(self, req: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
+        if not req.key:
+            raise errors.EmptyKeyError()
+        self._sub = 0
+        resp = self._delete(req, self.rev + 1)
+        if self._sub:
+            self.rev += 1
+        resp.header.revision = self.rev
+        return resp
+
+    def txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        path = self._compare_path(req)
+        self._check_txn_state(req, path, 0)
+        self._sub = 0
+        main = self.rev + 1
+        resp = self._exec_txn(req, path, 0, main)[0]
+        if self._sub:
+            self.rev = main
+        resp.header.revision = self.rev
+        return resp
+
+    def compact(self, revision: int) -> None:
+        if revision <= self.compact_rev:
+            raise errors.CompactedError(self.compact_rev)
+        if revision > self.rev:
+            raise errors.FutureRevisionError()
+        compaction.schedule(self.lt, self.dbs, revision)
+        self.compact_rev = revision
+        compaction.step(self.lt, self.dbs, compaction.BATCH_RECORDS_MAX)
+
+    def lease_grant(self, lease_id: int, ttl: int) -> None:
+        k = _U64_PACK(lease_id & _MAIN_MAX)
+        if not self.lt.put(k, _U64_PACK(ttl), db=self.dbs.lease, overwrite=False):
+            raise errors.LeaseExistsError()
+
+    def lease_revoke(self, lease_id: int) -> None:
+        k = _U64_PACK(lease_id & _MAIN_MAX)
+        if self.lt.get(k, db=self.dbs.lease) is None:
+            raise errors.LeaseNotFoundError()
+        from engine.store import lease_keys
+
+        self._sub = 0
+        main = self.rev + 1
+        for key in lease_keys(self.lt, self.dbs, lease_id):
+            self._delete_key(key, main)
+        self.lt.delete(k, db=self.dbs.lease)
+        if self._sub:
+            self.rev = main
+
+    def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        """A read inside the batch: sees the batch's earlier writes."""
+        return reader.do_range(self.lt, self.dbs, req, self.rev, self.compact_rev, _LATEST)
+
+    # ---- checks (before any write) --------------------------------------------------------
+    def _check_put_state(self, req: rpc_pb2.PutRequest) -> None:
+        if req.lease and self.lt.get(_U64_PACK(req.lease & _MAIN_MAX), db=self.dbs.lease) is None:
+            raise errors.LeaseNotFoundError()
+        if (req.ignore_value or req.ignore_lease) and reader.get_one(
+            self.lt, self.dbs, req.key, _LATEST
+        ) is None:
+            raise errors.KeyNotFoundError()
+
+    def _compare_path(self, req: rpc_pb2.TxnRequest) -> list[bool]:
+        """etcd evaluates the compares of the whole chosen path, nested txns included, against
+        the state before the txn."""
+        ok = all(self._compare(c) for c in req.compare)
+        path = [ok]
+        for op in req.success if ok else req.failure:
+            if op.WhichOneof("request") == "request_txn":
+                path.extend(self._compare_path(op.request_txn))
+        return path
+
+    def _compare(self, c: rpc_pb2.Compare) -> bool:
+        entries = list(reader.range_entries(self.lt, self.dbs, c.key, c.range_end, _LATEST))
+        if not entries:
+            if c.target == rpc_pb2.Compare.VALUE:
+                return False
+            return _compare_kv(c, None, b"")
+        for e in entries:
+            value = b""
+            if c.target == rpc_pb2.Compare.VALUE:
+                value = reader.get_value(self.lt, self.dbs, e.main, e.sub)
+            if not _compare_kv(c, e, value):
+                return False
+        return True
+
+    def _check_txn_state(self, req: rpc_pb2.TxnRequest, path: list[bool], at: int) -> int:
+        ops = req.success if path[at] else req.failure
+        at += 1
+        for op in ops:
+            which = op.WhichOneof("request")
+            if which == "request_range":
+                r = op.request_range.revision
+                if r > self.rev:
+                    raise errors.FutureRevisionError()
+                if 0 < r < self.compact_rev:
+                    raise errors.CompactedError(self.compact_rev)
+                if not op.request_range.key:
+                    raise errors.EmptyKeyError()
+            elif which == "request_put":
+                _check_put(op.request_put)
+                self._check_put_state(op.request_put)
+            elif which == "request_delete_range":
+                if not op.request_delete_range.key:
+                    raise errors.EmptyKeyError()
+            elif which == "request_txn":
+                at = self._check_txn_state(op.request_txn, path, at)
+            else:
+                raise errors.KeyNotFoundError()
+        return at
+
+    # ---- execution ------------------------------------------------------------------------
+    def _exec_txn(
+        self, req: rpc_pb2.TxnRequest, path: list[bool], at: int, main: int
+    ) -> tuple[rpc_pb2.TxnResponse, int]:
+        succeeded = path[at]
+        at += 1
+        resp = rpc_pb2.TxnResponse(succeeded=succeeded)
+        for op in req.success if succeeded else req.failure:
+            which = op.WhichOneof("request")
+            out = resp.responses.add()
+            if which == "request_range":
+                cur = self.rev + 1 if self._sub else self.rev
+                r = reader.do_range(
+                    self.lt, self.dbs, op.request_range, cur, self.compact_rev, _LATEST
+                )
+                out.response_range.CopyFrom(r)
+            elif which == "request_put":
+                prev = self._put(op.request_put, main)
+                pr = out.response_put
+                pr.header.revision = main
+                if prev is not None:
+                    pr.prev_kv.CopyFrom(prev)
+            elif which == "request_delete_range":
+                dr = self._delete(op.request_delete_range, main)
+                dr.header.revision = main if self._sub else self.rev
+                out.response_delete_range.CopyFrom(dr)
+            elif which == "request_txn":
+                tr, at = self._exec_txn(op.request_txn, path, at, main)
+                tr.header.revision = main if self._sub else self.rev
+                out.response_txn.CopyFrom(tr)
+            else:
+                raise errors.KeyNotFoundError()  # an empty RequestOp; check_txn rejects it first
+        return resp, at
+
+    def _put(self, req: rpc_pb2.PutRequest, main: int) -> kv_pb2.KeyValue | None:
+        """Writes one put at (main, self._sub); returns the previous kv if req.prev_kv."""
+        key = req.key
+        if len(key) <= _SHORT:
+            ik = key.replace(b"\x00", b"\x00\xff") + b"\x00\x00"
+        else:
+            ik = keys.ikey(key)
+        idx = self.idx
+        old: tuple[int, int, int, int] | None = None
+        omain = 0
+        if idx.set_range(ik):
+            comp = idx.key()
+            if comp[:-8] == ik:
+                old = _IDX_UNPACK(idx.value())
+                if old[2] == 0:
+                    old = None  # a tombstone: the key starts a new generation
+                else:
+                    omain = _MAIN_MAX - int.from_bytes(comp[-8:], "big")
+        value = req.value
+        lease = req.lease
+        prev = None
+        if old is not None:
+            osub, create, oversion, olease = old
+            version = oversion + 1
+            if req.prev_kv or req.ignore_value:
+                ov = reader.get_value(self.lt, self.dbs, omain, osub)
+                if req.ignore_value:
+                    value = ov
+                if req.prev_kv:
+                    prev = kv_pb2.KeyValue(
+                        key=key,
+                        create_revision=create,
+                        mod_revision=omain,
+                        version=oversion,
+                        value=ov,
+                        lease=olease,
+                    )
+            if req.ignore_lease:
+                lease = olease
+        else:
+            create, version, olease = main, 1, 0
+        sub = self._sub
+        self._sub = sub + 1
+        self.log.put(
+            _REV_PACK(main, b"_", sub),
+            _LOG_PACK(create, version, lease, len(key)) + key + value,
+            append=True,
+        )
+        iv = _IDX_PACK(sub, create, version, lease)
+        idx.put(ik + (_MAIN_MAX - main).to_bytes(8, "big"), iv if len(key) <= _SHORT else iv + key)
+        if lease != olease:
+            self._move_lease(ik, key, olease, lease)
+        if self.events is not None:
+            self.events.append((main, sub, False, key, create, version, lease, value))
+        return prev
+
+    def _move_lease(self, ik: bytes, key: bytes, old: int, new: int) -> None:
+        if old:
+            self.lt.delete(_U64_PACK(old & _MAIN_MAX) + ik, db=self.dbs.lkeys)
+        if new:
+            self.lt.put(_U64_PACK(new & _MAIN_MAX) + ik, key, db=self.dbs.lkeys)
+
+    def _delete(self, req: rpc_pb2.DeleteRangeRequest, main: int) -> rpc_pb2.DeleteRangeResponse:
+        resp = rpc_pb2.DeleteRangeResponse()
+        doomed = list(reader.range_entries(self.lt, self.dbs, req.key, req.range_end, _LATEST))
+        for e in doomed:
+            if req.prev_kv:
+                resp.prev_kvs.append(reader.to_kv(self.lt, self.dbs, e))
+            self._delete_key(e.key, main, e.lease)
+        resp.deleted = len(doomed)
+        return resp
+
+    def _delete_key(self, key: bytes, main: int, lease: int | None = None) -> None:
+        ik = keys.ikey(key)
+        if lease is None:
+            e = reader.get_one(self.lt, self.dbs, key, _LATEST)
+            assert e is not None, "a lease's attached key must be alive"
+            lease = e.lease
+        sub = self._sub
+        self._sub = sub + 1
+        self.log.put(
+            _REV_PACK(main, b"_", sub) + b"t", _LOG_PACK(0, 0, 0, len(key)) + key, append=True
+        )
+        iv = _IDX_PACK(sub, 0, 0, 0)
+        self.idx.put(ik + keys.inv(main), iv if len(key) <= _SHORT else iv + key)
+        if lease:
+            self._move_lease(ik, key, lease, 0)
+        if self.events is not None:
+            self.events.append((main, sub, True, key, 0, 0, 0, b""))
+
+
+def _check_put(req: rpc_pb2.PutRequest) -> None:
+    if not req.key:
+        raise errors.EmptyKeyError()
+    if req.ignore_value and req.value:
+        raise errors.ValueProvidedError()
+    if req.ignore_lease and req.lease:
+        raise errors.LeaseProvidedError()
+
+
+def _compare_kv(c: rpc_pb2.Compare, e: reader.Entry | None, value: bytes) -> bool:
+    t = c.target
+    if t == rpc_pb2.Compare.VALUE:
+        a: Any = value
+        b: Any = c.value
+    elif t == rpc_pb2.Compare.CREATE:
+        a, b = (e.create if e else 0), c.create_revision
+    elif t == rpc_pb2.Compare.MOD:
+        a, b = (e.main if e else 0), c.mod_revision
+    elif t == rpc_pb2.Compare.VERSION:
+        a, b = (e.version if e else 0), c.version
+    else:
+        a, b = (e.lease if e else 0), c.lease
+    r = c.result
+    if r == rpc_pb2.Compare.EQUAL:
+        return bool(a == b)
+    if r == rpc_pb2.Compare.NOT_EQUAL:
+        return bool(a != b)
+    if r == rpc_pb2.Compare.GREATER:
+        return bool(a > b)
+    return bool(a < b)

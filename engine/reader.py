@@ -1,0 +1,242 @@
+"""Reads over the index and the revision log, inside any LMDB transaction (read or write).
+
+A write transaction sees its own earlier writes, so the same code serves `store.range` and the
+reads inside a batch or a Txn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+from api.etcdserverpb import rpc_pb2
+from api.mvccpb import kv_pb2
+from engine import errors, keys
+
+_IDX_UNPACK = keys.IDX_VALUE.unpack_from
+_IDX_SIZE = keys.IDX_VALUE.size
+_LOG_UNPACK = keys.LOG_VALUE.unpack_from
+_LOG_SIZE = keys.LOG_VALUE.size
+_MAIN_MAX = keys.MAIN_MAX
+_U64_UNPACK = keys._U64.unpack
+LATEST = keys.MAIN_MAX - 1  # "read at the newest revision", including a write txn's own writes
+
+
+class Entry(NamedTuple):
+    """The state of one live key at some revision (the value is fetched separately)."""
+
+    key: bytes
+    main: int
+    sub: int
+    create: int
+    version: int
+    lease: int
+
+
+class Dbs(NamedTuple):
+    meta: Any
+    idx: Any
+    log: Any
+    lease: Any
+    lkeys: Any
+
+
+def _entry(key: bytes, comp: bytes, v: bytes) -> Entry:
+    sub, create, version, lease = _IDX_UNPACK(v)
+    return Entry(key, _MAIN_MAX - _U64_UNPACK(comp[-8:])[0], sub, create, version, lease)
+
+
+def _key_of(ik: bytes, v: bytes) -> bytes:
+    return v[_IDX_SIZE:] if len(v) > _IDX_SIZE else keys.decode_short_ikey(ik)
+
+
+def get_one(txn: Any, dbs: Dbs, key: bytes, rev: int) -> Entry | None:
+    """The newest entry of `key` at or below `rev`, or None if absent (or deleted) then."""
+    ik = keys.ikey(key)
+    cur = txn.cursor(db=dbs.idx)
+    if not cur.set_range(ik + keys.inv(rev)):
+        return None
+    comp = cur.key()
+    if comp[:-8] != ik:
+        return None
+    v = cur.value()
+    e = _entry(key, comp, v)
+    return e if e.version else None
+
+
+def iter_live(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int) -> Iterator[Entry]:
+    """Every key in [start, end) alive at `rev`, in key order. end None: unbounded."""
+    cur = txn.cursor(db=dbs.idx)
+    stop = keys.upper_bound(end) if end is not None else None
+    inv_rev = keys.inv(rev)
+    ok = cur.set_range(keys.lower_bound(start))
+    while ok:
+        comp = cur.key()
+        ik = comp[:-8]
+        if stop is not None and ik >= stop:
+            return
+        v = cur.value()
+        if len(v) > _IDX_SIZE:  # a long-key group: gather it, then emit in key order
+            group = keys.group_prefix(v[_IDX_SIZE:])
+            members = _gather_group(cur, group, inv_rev)
+            for e in sorted(members):
+                if e.key >= start and (end is None or e.key < end):
+                    yield e
+            ok = cur.set_range(group[:-1] + b"\x02")
+            continue
+        if comp[-8:] < inv_rev:  # newest entry is above rev: find the newest <= rev
+            if not cur.set_range(ik + inv_rev):
+                return
+            comp = cur.key()
+            if comp[:-8] != ik:
+                continue  # no entry <= rev: the cursor is on the next key already
+            v = cur.value()
+        e = _entry(keys.decode_short_ikey(ik), comp, v)
+        if e.version:
+            yield e
+        ok = cur.next()
+        if ok and cur.key()[:-8] == ik:
+            ok = cur.set_range(ik + keys.INV_END)
+
+
+def _gather_group(cur: Any, group: bytes, inv_rev: bytes) -> list[Entry]:
+    members: list[Entry] = []
+    glen = len(group)
+    ok = True
+    while ok:
+        comp = cur.key()
+        if comp[:glen] != group:
+            break
+        ik = comp[:-8]
+        if comp[-8:] < inv_rev:
+            if not cur.set_range(ik + inv_rev):
+                break
+            comp = cur.key()
+            if comp[:-8] != ik:
+                continue
+        v = cur.value()
+        e = _entry(v[_IDX_SIZE:], comp, v)
+        if e.version:
+            members.append(e)
+        ok = cur.set_range(ik + keys.INV_END)
+    return members
+
+
+def get_value(txn: Any, dbs: Dbs, main: int, sub: int) -> bytes:
+    rec = txn.get(keys.rev_key(main, sub), db=dbs.log)
+    assert rec is not None, f"index points at a missing log record {(main, sub)}"
+    klen = _LOG_UNPACK(rec)[3]
+    return bytes(rec[_LOG_SIZE + klen :])
+
+
+def to_kv(txn: Any, dbs: Dbs, e: Entry, with_value: bool = True) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=e.key,
+        create_revision=e.create,
+        mod_revision=e.main,
+        version=e.version,
+        value=get_value(txn, dbs, e.main, e.sub) if with_value else b"",
+        lease=e.lease,
+    )
+
+
+def key_range(key: bytes, range_end: bytes) -> tuple[bytes, bytes | None] | None:
+    """etcd's range_end forms: '' one key, '\\0' from key, else [key, range_end).
+
+    Returns (start, end) with end None for unbounded, or None for the single-key form."""
+    if not range_end:
+        return None
+    if range_end == b"\x00":
+        return key, None
+    return key, range_end
+
+
+def check_revision(rev: int, current: int, compacted: int) -> int:
+    if rev > current:
+        raise errors.FutureRevisionError()
+    if rev <= 0:
+        return current
+    if rev < compacted:
+        raise errors.CompactedError(compacted)
+    return rev
+
+
+def range_entries(txn: Any, dbs: Dbs, key: bytes, range_end: bytes, rev: int) -> Iterator[Entry]:
+    kr = key_range(key, range_end)
+    if kr is None:
+        e = get_one(txn, dbs, key, rev)
+        if e is not None:
+            yield e
+        return
+    start, end = kr
+    if end is not None and end <= start:
+        return
+    yield from iter_live(txn, dbs, start, end, rev)
+
+
+_SORT_KEYS = {
+    rpc_pb2.RangeRequest.KEY: lambda e: e.key,
+    rpc_pb2.RangeRequest.VERSION: lambda e: e.version,
+    rpc_pb2.RangeRequest.CREATE: lambda e: e.create,
+    rpc_pb2.RangeRequest.MOD: lambda e: e.main,
+}
+
+
+def do_range(
+    txn: Any, dbs: Dbs, req: rpc_pb2.RangeRequest, current: int, compacted: int, read_rev: int
+) -> rpc_pb2.RangeResponse:
+    """Range as etcd's applier does it. `current` is the revision reported and checked against;
+    `read_rev` is what revision 0 reads at (LATEST inside a write txn)."""
+    if not req.key:
+        raise errors.EmptyKeyError()
+    rev = read_rev if req.revision <= 0 else check_revision(req.revision, current, compacted)
+    if req.revision > 0 and rev < compacted:
+        raise errors.CompactedError(compacted)
+    resp = rpc_pb2.RangeResponse()
+    resp.header.revision = current
+    filtered = bool(
+        req.min_mod_revision
+        or req.max_mod_revision
+        or req.min_create_revision
+        or req.max_create_revision
+    )
+    order = req.sort_order
+    if req.sort_target != rpc_pb2.RangeRequest.KEY and order == rpc_pb2.RangeRequest.NONE:
+        order = rpc_pb2.RangeRequest.ASCEND
+    entries = list(range_entries(txn, dbs, req.key, req.range_end, rev))
+    resp.count = len(entries)
+    if req.count_only:
+        return resp
+    if filtered:
+        entries = [e for e in entries if _passes(req, e)]
+    with_value = not req.keys_only
+    limit = req.limit
+    if order != rpc_pb2.RangeRequest.NONE and req.sort_target == rpc_pb2.RangeRequest.VALUE:
+        kvs = [to_kv(txn, dbs, e) for e in entries]
+        kvs.sort(key=lambda kv: kv.value, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+        if limit > 0 and len(kvs) > limit:
+            del kvs[limit:]
+            resp.more = True
+        if req.keys_only:
+            for kv in kvs:
+                kv.value = b""
+        resp.kvs.extend(kvs)
+        return resp
+    if order != rpc_pb2.RangeRequest.NONE:
+        skey = _SORT_KEYS[req.sort_target]
+        entries.sort(key=skey, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+    if limit > 0 and len(entries) > limit:
+        del entries[limit:]
+        resp.more = True
+    resp.kvs.extend([to_kv(txn, dbs, e, with_value) for e in entries])
+    return resp
+
+
+def _passes(req: rpc_pb2.RangeRequest, e: Entry) -> bool:
+    if req.max_mod_revision and e.main > req.max_mod_revision:
+        return False
+    if req.min_mod_revision and e.main < req.min_mod_revision:
+        return False
+    if req.max_create_revision and e.create > req.max_create_revision:
+        return False
+    return not (req.min_create_revision and e.create < req.min_create_revision)

@@ -1,0 +1,222 @@
+"""The watch hub: pull-based watchers over the revision log.
+
+A watcher is a key range and the next revision it needs. The writer never pushes events into
+per-watcher queues: after each commit it appends the batch's events to one shared, bounded ring
+of recent revisions and calls `notify()` on the watchers the batch concerns. `take()` serves a
+watcher from the ring when its next revision is still there, and otherwise replays from LMDB. So
+a slow watcher costs the writer nothing, holds no buffer of its own, and loses no event: when it
+falls behind the ring it simply reads history, and if that history was compacted it gets
+`Compacted` (as etcd cancels with compact_revision).
+
+Threads: publish() runs on the writer thread; take()/cancel() on any thread. The ring and the
+watcher set are guarded by one lock, never held while calling back or reading LMDB.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NamedTuple
+
+from api.etcdserverpb import rpc_pb2
+from api.mvccpb import kv_pb2
+from engine import keys, reader
+
+if TYPE_CHECKING:
+    from engine.batch import RawEvent
+    from engine.store import Store
+
+NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
+NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
+RING_EVENTS_MAX = 20_000
+
+
+class Compacted(NamedTuple):
+    compact_revision: int
+
+
+class Watcher:
+    def __init__(
+        self,
+        hub: WatchHub,
+        key: bytes,
+        range_end: bytes,
+        start_revision: int,
+        prev_kv: bool,
+        filters: frozenset[int],
+        notify: Callable[[], None] | None,
+    ) -> None:
+        self.hub = hub
+        self.key = key
+        # range_end: b'' one key; b'\0' every key >= key; else [key, range_end).
+        self.range_end = range_end
+        self.next_revision = start_revision  # Invariant: every event below it was taken
+        self.prev_kv = prev_kv
+        self.filters = filters
+        self.notify = notify
+        self.canceled = False
+
+    def matches(self, k: bytes) -> bool:
+        end = self.range_end
+        if not end:
+            return k == self.key
+        return k >= self.key and (end == b"\x00" or k < end)
+
+    def take(self, max_events: int = 1000) -> list[kv_pb2.Event] | Compacted:
+        """The next events, whole revisions only (at least one revision even if it alone has more
+        than max_events); [] when nothing new."""
+        if self.canceled:
+            return []
+        raws = self.hub._from_ring(self, max_events)
+        if raws is None:
+            return self._replay(max_events)
+        return self._events(raws)
+
+    def cancel(self) -> None:
+        self.canceled = True
+        self.hub._remove(self)
+
+    def _replay(self, max_events: int) -> list[kv_pb2.Event] | Compacted:
+        store = self.hub.store
+        with store.env.begin() as txn:
+            current = store._meta_int(txn, b"rev", 1)
+            compacted = store._meta_int(txn, b"compact_rev", 0)
+            if self.next_revision < compacted:
+                self.cancel()
+                return Compacted(compacted)
+            out: list[RawEvent] = []
+            cur = txn.cursor(db=store.dbs.log)
+            ok = cur.set_range(keys.rev_key(self.next_revision, 0))
+            last = self.next_revision - 1
+            unpack = keys.LOG_VALUE.unpack_from
+            size = keys.LOG_VALUE.size
+            while ok:
+                k = cur.key()
+                main, sub, tomb = keys.parse_rev_key(k)
+                if main > current or (main != last and len(out) >= max_events):
+                    break
+                last = main
+                v = cur.value()
+                create, version, lease, klen = unpack(v)
+                key = bytes(v[size : size + klen])
+                if self.matches(key):
+                    value = b"" if tomb else bytes(v[size + klen :])
+                    out.append((main, sub, tomb, key, create, version, lease, value))
+                ok = cur.next()
+            self.next_revision = (last + 1) if ok else current + 1
+            return self._build(txn, out, compacted)
+
+    def _events(self, raws: list[RawEvent]) -> list[kv_pb2.Event]:
+        if not raws:
+            return []
+        store = self.hub.store
+        with store.env.begin() as txn:
+            return self._build(txn, raws, store._meta_int(txn, b"compact_rev", 0))
+
+    def _build(self, txn: object, raws: list[RawEvent], compacted: int) -> list[kv_pb2.Event]:
+        events = []
+        dbs = self.hub.store.dbs
+        for main, _sub, tomb, key, create, version, lease, value in raws:
+            if (NODELETE if tomb else NOPUT) in self.filters:
+                continue
+            ev = kv_pb2.Event(type=kv_pb2.Event.DELETE if tomb else kv_pb2.Event.PUT)
+            kv = ev.kv
+            kv.key = key
+            kv.mod_revision = main
+            if not tomb:
+                kv.create_revision = create
+                kv.version = version
+                kv.value = value
+                kv.lease = lease
+            if self.prev_kv and main - 1 >= compacted:
+                e = reader.get_one(txn, dbs, key, main - 1)
+                if e is not None:
+                    ev.prev_kv.CopyFrom(reader.to_kv(txn, dbs, e))
+            events.append(ev)
+        return events
+
+
+class WatchHub:
+    def __init__(self, store: Store, ring_events_max: int = RING_EVENTS_MAX) -> None:
+        self.store = store
+        self.ring_events_max = ring_events_max
+        self._lock = threading.Lock()
+        self._watchers: set[Watcher] = set()
+        # Invariant: the ring holds every event of revisions [ring_first, ring_first+len) in order.
+        self._ring: deque[tuple[int, list[RawEvent]]] = deque()
+        self._ring_first = store.revision + 1
+        self._ring_events = 0
+
+    def active(self) -> bool:
+        return bool(self._watchers)
+
+    def watch(
+        self,
+        key: bytes,
+        range_end: bytes,
+        start_revision: int,
+        *,
+        prev_kv: bool = False,
+        filters: Iterable[int] = frozenset(),
+        notify: Callable[[], None] | None = None,
+    ) -> Watcher:
+        """start_revision 0 means from the next revision on."""
+        with self._lock:
+            start = start_revision if start_revision > 0 else self.store.revision + 1
+            w = Watcher(self, key, range_end, start, prev_kv, frozenset(filters), notify)
+            self._watchers.add(w)
+        return w
+
+    def _remove(self, w: Watcher) -> None:
+        with self._lock:
+            self._watchers.discard(w)
+
+    def publish(self, events: list[RawEvent] | None, revision: int) -> None:
+        """After a commit up to `revision`: extend the ring and wake the concerned watchers."""
+        with self._lock:
+            if events is None:  # nobody watched while the batch ran: the ring restarts here
+                self._ring.clear()
+                self._ring_events = 0
+                self._ring_first = revision + 1
+                return
+            self._append(events)
+            watchers = list(self._watchers)
+        if not events:
+            return
+        for w in watchers:
+            if w.notify is not None and any(w.matches(e[3]) for e in events):
+                w.notify()
+
+    def _append(self, events: list[RawEvent]) -> None:
+        i = 0
+        while i < len(events):
+            main = events[i][0]
+            j = i
+            while j < len(events) and events[j][0] == main:
+                j += 1
+            if not self._ring:
+                self._ring_first = main
+            self._ring.append((main, events[i:j]))
+            self._ring_events += j - i
+            i = j
+        while self._ring_events > self.ring_events_max and len(self._ring) > 1:
+            _, evs = self._ring.popleft()
+            self._ring_events -= len(evs)
+            self._ring_first = self._ring[0][0]
+
+    def _from_ring(self, w: Watcher, max_events: int) -> list[RawEvent] | None:
+        """Events for w from the ring, or None if w is behind it (then it replays from LMDB)."""
+        with self._lock:
+            if w.next_revision < self._ring_first:
+                return None
+            out: list[RawEvent] = []
+            if not self._ring:
+                return out
+            i = w.next_revision - self._ring_first
+            while i < len(self._ring) and len(out) < max_events:
+                main, evs = self._ring[i]
+                out.extend(e for e in evs if w.matches(e[3]))
+                w.next_revision = main + 1
+                i += 1
+            return out

@@ -1,0 +1,243 @@
+"""The node: what the gRPC services see of Raft, the WAL and the engine.
+
+Theory of operation: `Node.start(config)` opens the data dir (server/recovery.py), starts the
+storage thread (server/storage_thread.py) and the Raft driver (server/raft_driver.py), and, on
+a single-voter cluster, campaigns at once instead of waiting an election timeout. Handlers call
+`propose()` for writes (the reply comes back after WAL fsync and apply) and `read_barrier()`
+before linearizable reads; serializable reads go to `store` directly. The node itself only
+wires these collaborators together and fills response headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from api.etcdserverpb import internal_pb2, rpc_pb2
+
+from . import errors
+from .applier import Applier
+from .config import Config
+from .raft_driver import RaftDriver
+from .recovery import Recovered, encode_snapshot_data, open_node_storage
+from .storage_thread import SnapshotPolicy, StorageThread
+
+log = logging.getLogger(__name__)
+
+# Entries kept in Raft's memory after a snapshot, for followers slightly behind (etcd's
+# SnapshotCatchUpEntries).
+CATCH_UP_ENTRIES = 5000
+
+
+def _fatal(exc: BaseException) -> None:
+    log.critical("fatal storage error, exiting: %r", exc)
+    os._exit(1)
+
+
+class Node:
+    def __init__(self, config: Config, rec: Recovered, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.store = rec.store
+        self.wal = rec.wal
+        self.snapshotter = rec.snapshotter
+        self.identity = rec.identity
+        self.cluster_id = rec.identity.cluster_id
+        self.member_id = rec.identity.member_id
+        self.name = rec.identity.name
+        self._rec = rec
+        self._loop = loop
+        # Request IDs as etcd's idutil makes them: member bits, start time, then a counter.
+        prefix = (self.member_id & 0xFFFF) << 48
+        start = (int(time.time() * 1000) & 0xFFFFFFFFFF) << 8
+        self._ids = itertools.count(prefix | start)
+        self.driver = RaftDriver(
+            rec.raw_node,
+            rec.memory,
+            None,
+            loop,
+            applied_index=rec.applied_index,
+            tick_interval_s=config.heartbeat_interval_ms / 1000,
+            on_snapshot=self._compact_raft_log,
+            on_conf_change=self._apply_conf_change,
+        )
+        self.applier = Applier(rec.store, self.member_id, self.cluster_id)
+        self.storage = StorageThread(
+            rec.wal,
+            self.applier,
+            loop,
+            self.driver.on_job_done,
+            snapshots=(
+                SnapshotPolicy(config.snapshot_count, self._take_snapshot, rec.snapshot_index)
+                if rec.snapshotter is not None
+                else None
+            ),
+            on_fatal=_fatal,
+        )
+        self.driver.storage = self.storage
+        self._stopped = False
+
+    @classmethod
+    async def start(
+        cls, config: Config, *, fatal: Callable[[BaseException], None] | None = None
+    ) -> Node:
+        loop = asyncio.get_running_loop()
+        rec = await loop.run_in_executor(None, open_node_storage, config)
+        node = cls(config, rec, loop)
+        if fatal is not None:
+            node.storage.on_fatal = fatal
+        try:
+            from . import metrics
+
+            node.storage.fsync_seconds = metrics.WAL_FSYNC_SECONDS
+        except ImportError:
+            pass
+        node.storage.start()
+        node.driver.start()
+        if len(rec.identity.members) == 1:
+            rec.raw_node.campaign()
+            node.driver.kick()
+        return node
+
+    async def stop(self) -> None:
+        """Answer or fail what is in flight, sync and close the WAL and the engine."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.driver.stop()
+        await self._loop.run_in_executor(None, self.storage.stop)
+        await self._loop.run_in_executor(None, self._close_files)
+
+    def _close_files(self) -> None:
+        self.wal.close()
+        self.store.close()
+
+    # -- what services use -----------------------------------------------------------------
+    @property
+    def is_leader(self) -> bool:
+        return self.driver.is_leader
+
+    @property
+    def term(self) -> int:
+        return self.driver.term
+
+    @property
+    def leader_id(self) -> int:
+        return self.driver.leader_id
+
+    @property
+    def applied_index(self) -> int:
+        return self.driver.applied_index
+
+    @property
+    def commit_index(self) -> int:
+        return self.driver.commit_index
+
+    def on_leader_change(self, callback: Callable[[bool], None]) -> None:
+        self.driver.on_leader_change(callback)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    def header(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
+        return rpc_pb2.ResponseHeader(
+            cluster_id=self.cluster_id,
+            member_id=self.member_id,
+            revision=self.store.revision if revision is None else revision,
+            raft_term=self.driver.term,
+        )
+
+    async def propose(self, request: internal_pb2.InternalRequest) -> Any:
+        """Through Raft, WAL fsync and apply; the response, or the typed error raised."""
+        request_id = self.next_id()
+        request.header.ID = request_id
+        data = request.SerializeToString()
+        if len(data) > self.config.max_request_bytes:
+            raise errors.RequestTooLargeError()
+        outcome = await self.driver.propose(request_id, data)
+        return outcome
+
+    async def read_barrier(self) -> None:
+        await self.driver.read_barrier()
+
+    async def check_quota(self, request: Any) -> None:
+        """etcd's quota rule before proposing a Put, Txn or LeaseGrant: if it could exceed the
+        backend quota, raise the NOSPACE alarm (through Raft) and fail with NoSpaceError."""
+        try:
+            self.store.check_quota(request)
+        except Exception as exc:
+            if type(exc).__name__ != "NoSpaceError":
+                raise
+            if (self.member_id, rpc_pb2.AlarmType.NOSPACE) not in self.applier.alarms:
+                alarm = rpc_pb2.AlarmRequest(
+                    action=rpc_pb2.AlarmRequest.ACTIVATE,
+                    memberID=self.member_id,
+                    alarm=rpc_pb2.AlarmType.NOSPACE,
+                )
+                await self.propose(internal_pb2.InternalRequest(alarm=alarm))
+            raise
+
+    async def defragment(self) -> None:
+        """Rewrite the engine file. No engine read or write may run meanwhile: the storage
+        thread is parked and the swap runs on the loop, which blocks every handler (etcd also
+        blocks the member during a defragment)."""
+        parked = threading.Event()
+        resume = threading.Event()
+
+        def park() -> None:
+            parked.set()
+            resume.wait()
+
+        held = self.storage.call(park)
+        await self._loop.run_in_executor(None, parked.wait)
+        try:
+            self.store.defragment()
+        finally:
+            resume.set()
+            await held
+
+    async def wait_compaction(self) -> None:
+        """Wait until the scheduled compaction has deleted everything (Compact physical=true)."""
+
+        def drain() -> None:
+            while self.store.compaction_step():
+                pass
+
+        await self.storage.call(drain)
+
+    def run_on_storage(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+        """Run `fn` on the storage thread (engine writes, defragment), ordered with applies."""
+        return self.storage.call(fn)
+
+    # -- snapshots (storage thread), log compaction and membership (loop) ---------------------
+    def _take_snapshot(self, term: int, index: int) -> None:
+        sync = getattr(self.store, "sync", None)
+        if sync is not None:
+            sync()  # the engine must hold everything up to `index` before the WAL lets it go
+        voters, learners = self._conf_lists()
+        self.snapshotter.save(term, index, encode_snapshot_data(voters, learners))
+        from wal import SnapshotMarker
+
+        self.wal.save_snapshot(SnapshotMarker(index, term))
+        self.wal.release_to(index, keep=self.config.max_wals)
+        self.snapshotter.purge(keep=self.config.max_snapshots)
+        log.info("snapshot at index %d (term %d)", index, term)
+
+    def _conf_lists(self) -> tuple[list[int], list[int]]:
+        return [m[0] for m in self.identity.members], []
+
+    def _compact_raft_log(self, index: int) -> None:
+        compact_to = index - CATCH_UP_ENTRIES
+        if compact_to > self._rec.memory.first_index():
+            self._rec.memory.compact(compact_to)
+
+    def _apply_conf_change(self, entry: Any) -> None:
+        from raft import codec
+
+        if entry.data:
+            self._rec.raw_node.apply_conf_change(codec.decode_conf_change(entry.data))

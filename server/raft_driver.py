@@ -1,0 +1,277 @@
+"""The Raft driver: the event loop's side of the write path and of linearizable reads.
+
+Theory of operation: the loop owns the RawNode and its MemoryStorage. A handler proposes an
+encoded InternalRequest and awaits a future keyed by the request ID. The driver keeps at most
+one Ready in flight on the storage thread; while it is there, new proposals accumulate inside
+Raft, and the next `ready()` carries them all (group commit: one WAL write and one fsync for
+the whole batch). When the storage thread reports the Ready persisted and applied, the driver
+(once per batch) appends the entries to MemoryStorage, calls `advance`, resolves the waiting
+handlers and the read barriers whose read index is now applied, and looks for the next Ready.
+
+Linearizable reads are batched: every `read_barrier()` that arrives while no ReadIndex
+request is outstanding joins one new request; those arriving while one is outstanding join
+the next, because a read index taken before they arrived may miss writes they have seen
+acknowledged. A batch resolves once the applied index reaches its read index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import errors
+from .storage_thread import ReadyJob, StorageThread
+
+log = logging.getLogger(__name__)
+
+# etcd fails proposals with "too many requests" when apply lags commit by more than this.
+MAX_GAP_ENTRIES = 5000
+READ_INDEX_RETRY_S = 0.5
+
+
+class _ReadBatch:
+    __slots__ = ("ctx", "future", "index", "sent_at_s")
+
+    def __init__(self, ctx: bytes, future: asyncio.Future[None]) -> None:
+        self.ctx = ctx
+        self.future = future
+        self.index = -1
+        self.sent_at_s = 0.0
+
+
+class RaftDriver:
+    def __init__(
+        self,
+        raw_node: Any,
+        memory_storage: Any,
+        storage: StorageThread | None,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        applied_index: int,
+        tick_interval_s: float,
+        on_conf_change: Callable[[Any], None] | None = None,
+        on_snapshot: Callable[[int], None] | None = None,
+    ) -> None:
+        self.raw = raw_node
+        self.memory = memory_storage
+        self.storage = storage  # set later when built after the driver
+        self.loop = loop
+        self.tick_interval_s = tick_interval_s
+        self.on_conf_change = on_conf_change
+        self.on_snapshot = on_snapshot
+        # Invariant: applied_index <= committed index of the Raft log.
+        self.applied_index = applied_index
+        self.commit_index = applied_index
+        self.term = 0
+        self.leader_id = 0
+        self.is_leader = False
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._in_flight: ReadyJob | None = None
+        self._in_flight_ready: Any = None
+        self._scheduled = False
+        self._stopped = False
+        self._leader_callbacks: list[Callable[[bool], None]] = []
+        self._read_ctx = itertools.count(1)
+        self._read_next: _ReadBatch | None = None  # gathering; not yet sent to Raft
+        self._read_sent: dict[bytes, _ReadBatch] = {}  # sent, waiting for a ReadState
+        self._read_ready: list[_ReadBatch] = []  # have a read index, waiting for apply
+        self._ticker: asyncio.TimerHandle | None = None
+        self._idle = asyncio.Event()
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._ticker = self.loop.call_later(self.tick_interval_s, self._tick)
+        self.kick()
+
+    async def stop(self) -> None:
+        """Stop taking work, fail what waits, and let the Ready in flight finish."""
+        self._stopped = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        if self._in_flight is not None:
+            self._idle.clear()
+            await self._idle.wait()
+        self._fail_all(errors.StoppedError())
+
+    async def stop_ticking(self) -> None:
+        """Stop the clock only (a crashed storage thread: nothing will finish)."""
+        self._stopped = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+
+    def on_leader_change(self, callback: Callable[[bool], None]) -> None:
+        self._leader_callbacks.append(callback)
+
+    # -- writes ----------------------------------------------------------------------------
+    def propose(self, request_id: int, data: bytes) -> asyncio.Future[Any]:
+        """Propose `data`; the future gets the applied result for `request_id`."""
+        if self._stopped:
+            raise errors.StoppedError()
+        if self.commit_index - self.applied_index > MAX_GAP_ENTRIES:
+            raise errors.TooManyRequestsError()
+        if not self.is_leader:
+            raise errors.NoLeaderError() if not self.leader_id else errors.NotCapableError()
+        try:
+            self.raw.propose(data)
+        except Exception as exc:
+            log.debug("proposal dropped: %s", exc)
+            raise errors.NoLeaderError() from exc
+        future = self.loop.create_future()
+        self._waiters[request_id] = future
+        self.kick()
+        return future
+
+    # -- reads -----------------------------------------------------------------------------
+    def read_barrier(self) -> asyncio.Future[None]:
+        """A future that resolves once a read index confirmed after this call is applied."""
+        if self._stopped:
+            raise errors.StoppedError()
+        if not self.leader_id:
+            raise errors.NoLeaderError()
+        batch = self._read_next
+        if batch is None:
+            batch = _ReadBatch(str(next(self._read_ctx)).encode(), self.loop.create_future())
+            self._read_next = batch
+            self.kick()
+        return batch.future
+
+    def _send_read_index(self) -> None:
+        batch = self._read_next
+        if batch is None or self._read_sent:
+            return  # one ReadIndex request outstanding at a time; the next batch waits
+        self._read_next = None
+        batch.sent_at_s = time.monotonic()
+        self._read_sent[batch.ctx] = batch
+        self.raw.read_index(batch.ctx)
+
+    def _on_read_states(self, read_states: Any) -> None:
+        for state in read_states:
+            batch = self._read_sent.pop(bytes(state.request_ctx), None)
+            if batch is None:
+                continue
+            batch.index = state.index
+            self._read_ready.append(batch)
+        self._release_reads()
+
+    def _release_reads(self) -> None:
+        if not self._read_ready:
+            return
+        waiting = []
+        for batch in self._read_ready:
+            if batch.index <= self.applied_index:
+                if not batch.future.done():
+                    batch.future.set_result(None)
+            else:
+                waiting.append(batch)
+        self._read_ready = waiting
+
+    def _retry_lost_reads(self) -> None:
+        # A ReadIndex request can be dropped (leader change, no commit in this term yet): ask
+        # again rather than leave the readers hanging.
+        now_s = time.monotonic()
+        for ctx, batch in list(self._read_sent.items()):
+            if now_s - batch.sent_at_s > READ_INDEX_RETRY_S:
+                batch.sent_at_s = now_s
+                if self.leader_id:
+                    self.raw.read_index(ctx)
+
+    # -- the loop --------------------------------------------------------------------------
+    def kick(self) -> None:
+        if not self._scheduled and self._in_flight is None:
+            self._scheduled = True
+            self.loop.call_soon(self._drive)
+
+    def _tick(self) -> None:
+        if self._stopped:
+            return
+        self.raw.tick()
+        self._retry_lost_reads()
+        self._ticker = self.loop.call_later(self.tick_interval_s, self._tick)
+        self.kick()
+
+    def _drive(self) -> None:
+        self._scheduled = False
+        if self._in_flight is not None:
+            return
+        self._send_read_index()
+        if not self.raw.has_ready():
+            return
+        rd = self.raw.ready()
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+        if rd.hard_state is not None:
+            self.term = rd.hard_state.term
+            self.commit_index = max(self.commit_index, rd.hard_state.commit)
+        if rd.read_states:
+            self._on_read_states(rd.read_states)
+        job = ReadyJob(rd.hard_state, rd.entries, rd.must_sync, rd.committed_entries)
+        self._in_flight = job
+        self._in_flight_ready = rd
+        assert self.storage is not None
+        self.storage.submit(job)
+
+    def on_job_done(self, job: ReadyJob) -> None:
+        """Called on the loop (once per Ready) when the storage thread finished `job`."""
+        assert job is self._in_flight
+        rd = self._in_flight_ready
+        self._in_flight = None
+        self._in_flight_ready = None
+        if rd.entries:
+            self.memory.append(rd.entries)
+        if rd.hard_state is not None:
+            self.memory.set_hard_state(rd.hard_state)
+        for entry in rd.committed_entries:
+            if entry.type != 0 and self.on_conf_change is not None:
+                self.on_conf_change(entry)
+        self.raw.advance(rd)
+        if rd.committed_entries:
+            self.applied_index = rd.committed_entries[-1].index
+        for request_id, outcome in job.results:
+            future = self._waiters.pop(request_id, None)
+            if future is None or future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+        self._release_reads()
+        if job.snapshot_index and self.on_snapshot is not None:
+            self.on_snapshot(job.snapshot_index)
+        if self._stopped:
+            self._idle.set()
+            return
+        self.kick()
+
+    def _on_soft_state(self, soft: Any) -> None:
+        leader = bool(soft.raft_state == _leader_state())
+        self.leader_id = soft.lead
+        if leader != self.is_leader:
+            self.is_leader = leader
+            if not leader:
+                # Proposals of a deposed leader may never commit: fail them as etcd does.
+                self._fail_all(errors.LeaderChangedError())
+            for callback in self._leader_callbacks:
+                callback(leader)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for future in waiters.values():
+            if not future.done():
+                future.set_exception(exc)
+        batches = list(self._read_sent.values()) + self._read_ready
+        if self._read_next is not None:
+            batches.append(self._read_next)
+        self._read_sent, self._read_ready, self._read_next = {}, [], None
+        for batch in batches:
+            if not batch.future.done():
+                batch.future.set_exception(exc)
+
+
+def _leader_state() -> Any:
+    from raft import StateType
+
+    return StateType.LEADER

@@ -1,0 +1,206 @@
+"""End to end: `python -m server.main` as a real process on free ports, driven with gRPC stubs.
+
+Checks the KV, Maintenance and Cluster services through the wire (values, headers, etcd's error
+codes and texts), a restart on the same data dir, and a clean exit 0 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Petra:
+    def __init__(self, tmp_path: pathlib.Path, *extra: str) -> None:
+        self.port, self.peer_port = free_port(), free_port()
+        self.data_dir = tmp_path / "data"
+        self.log = tmp_path / "petra.log"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def args(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        client = f"http://127.0.0.1:{self.port}"
+        return [
+            sys.executable, "-m", "server.main", "--name", "n1", "--data-dir", str(self.data_dir),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"n1={peer}", *self.extra,
+        ]  # fmt: skip
+
+    def start(self) -> Petra:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args(), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
+            kv = rpc_pb2_grpc.KVStub(channel)
+            while True:
+                assert self.proc.poll() is None, self.log.read_text()
+                assert time.monotonic() < deadline, self.log.read_text()
+                ready = grpc.channel_ready_future(channel)
+                try:
+                    ready.result(timeout=0.5)
+                    kv.Range(rpc_pb2.RangeRequest(key=b"health"), timeout=2)
+                    return self
+                except (grpc.FutureTimeoutError, grpc.RpcError):
+                    continue
+                finally:
+                    ready.cancel()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def petra(tmp_path: pathlib.Path) -> Any:
+    node = Petra(tmp_path).start()
+    yield node
+    node.stop()
+
+
+def stubs(node: Petra) -> tuple[Any, Any, Any, grpc.Channel]:
+    channel = grpc.insecure_channel(f"127.0.0.1:{node.port}")
+    return (
+        rpc_pb2_grpc.KVStub(channel),
+        rpc_pb2_grpc.MaintenanceStub(channel),
+        rpc_pb2_grpc.ClusterStub(channel),
+        channel,
+    )
+
+
+def code_and_text(call: Any) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code(), info.value.details()
+
+
+def test_kv_over_the_wire(petra: Petra) -> None:
+    """Put/Range/Txn/DeleteRange/Compact with etcd's revisions and headers."""
+    kv, maintenance, _, channel = stubs(petra)
+    with channel:
+        r1 = kv.Put(rpc_pb2.PutRequest(key=b"a", value=b"1"))
+        r2 = kv.Put(rpc_pb2.PutRequest(key=b"b", value=b"2", prev_kv=True))
+        assert (r1.header.revision, r2.header.revision) == (2, 3)
+        status = maintenance.Status(rpc_pb2.StatusRequest())
+        assert r1.header.member_id == status.header.member_id == status.leader
+        assert status.raftAppliedIndex >= 3 and status.version == "3.4.23"
+        got = kv.Range(rpc_pb2.RangeRequest(key=b"a", range_end=b"c"))
+        assert [(x.key, x.value) for x in got.kvs] == [(b"a", b"1"), (b"b", b"2")]
+        stale = kv.Range(rpc_pb2.RangeRequest(key=b"a", serializable=True))
+        assert stale.kvs[0].value == b"1"
+        txn = kv.Txn(
+            rpc_pb2.TxnRequest(
+                compare=[rpc_pb2.Compare(key=b"a", target=rpc_pb2.Compare.VALUE, value=b"1")],
+                success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"c", value=b"3"))],
+            )
+        )
+        assert txn.succeeded and txn.header.revision == 4
+        read_only = kv.Txn(
+            rpc_pb2.TxnRequest(
+                success=[rpc_pb2.RequestOp(request_range=rpc_pb2.RangeRequest(key=b"c"))]
+            )
+        )
+        assert read_only.responses[0].response_range.kvs[0].value == b"3"
+        deleted = kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=b"a", range_end=b"b"))
+        assert deleted.deleted == 1 and deleted.header.revision == 5
+        kv.Compact(rpc_pb2.CompactionRequest(revision=4, physical=True))
+        code, text = code_and_text(lambda: kv.Range(rpc_pb2.RangeRequest(key=b"a", revision=3)))
+        assert code == grpc.StatusCode.OUT_OF_RANGE
+        assert text == "etcdserver: mvcc: required revision has been compacted"
+
+
+def test_bad_input_gets_etcd_errors(petra: Petra) -> None:
+    """Empty keys, oversized requests, duplicate txn keys: etcd's codes and exact texts."""
+    kv, _, cluster, channel = stubs(petra)
+    with channel:
+        assert code_and_text(lambda: kv.Put(rpc_pb2.PutRequest(key=b""))) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: key is not provided",
+        )
+        big = rpc_pb2.PutRequest(key=b"k", value=b"x" * 1_600_000)
+        assert code_and_text(lambda: kv.Put(big)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: request is too large",
+        )
+        dup = rpc_pb2.TxnRequest(
+            success=[rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=b"k"))] * 2
+        )
+        assert code_and_text(lambda: kv.Txn(dup)) == (
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "etcdserver: duplicate key given in txn request",
+        )
+        future = rpc_pb2.RangeRequest(key=b"k", revision=1000)
+        assert code_and_text(lambda: kv.Range(future)) == (
+            grpc.StatusCode.OUT_OF_RANGE,
+            "etcdserver: mvcc: required revision is a future revision",
+        )
+        members = cluster.MemberList(rpc_pb2.MemberListRequest()).members
+        assert len(members) == 1 and members[0].name == "n1"
+        add = rpc_pb2.MemberAddRequest(peerURLs=["http://127.0.0.1:1"])
+        assert code_and_text(lambda: cluster.MemberAdd(add)) == (
+            grpc.StatusCode.UNAVAILABLE,
+            "etcdserver: not capable",
+        )
+        assert kv.Put(rpc_pb2.PutRequest(key=b"still", value=b"serving")).header.revision == 2
+
+
+def test_restart_and_sigterm(tmp_path: pathlib.Path) -> None:
+    """SIGTERM exits 0; the restarted node has the data and the same revision."""
+    node = Petra(tmp_path).start()
+    kv, _, _, channel = stubs(node)
+    with channel:
+        for i in range(10):
+            kv.Put(rpc_pb2.PutRequest(key=b"k%d" % i, value=b"v"))
+    assert node.stop() == 0
+    node.start()
+    kv, _, _, channel = stubs(node)
+    with channel:
+        got = kv.Range(rpc_pb2.RangeRequest(key=b"k", range_end=b"l"))
+        assert got.count == 10 and got.header.revision == 11
+    assert node.stop() == 0
+
+
+def test_port_in_use_is_one_line_error(tmp_path: pathlib.Path) -> None:
+    """A second node on a busy port exits 1 with a one-line message."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        node = Petra(tmp_path)
+        node.port = port
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        done = subprocess.run(node.args(), cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert done.returncode == 1
+    lines = done.stderr.decode().strip().splitlines()
+    assert lines[-1].startswith("petra: listen tcp 127.0.0.1:") and "in use" in lines[-1]
