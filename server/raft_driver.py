@@ -240,7 +240,7 @@ class RaftDriver:
                 self.on_conf_change(entry)
         self.raw.advance(rd)
         if rd.committed_entries:
-            self.applied_index = rd.committed_entries[-1].index
+            self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
         for request_id, outcome in job.results:
             future = self._waiters.pop(request_id, None)
             if future is None or future.done():
