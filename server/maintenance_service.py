@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2, rpc_pb2_grpc
+from snapshot import backend
 
 from . import errors
 from .node import Node
@@ -118,12 +119,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
         # A consistent copy first (one read transaction, off the loop), so the stream's size
         # is known up front for remaining_bytes, as etcd reports it.
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Snapshot()
-        try:
-            from snapshot import backend
-        except ImportError:  # snapshot/ not merged yet: LMDB's own consistent copy
-            self.node.store.env.copyfd(spool.fileno())
-            return spool
-        for chunk in backend.stream(self.node.store.env):
+        for chunk in backend.stream(self.node.store.env, trailer=False):
             spool.write(chunk)
         return spool
 
