@@ -101,7 +101,8 @@ class Applier:
         header.member_id = self.member_id
         header.raft_term = term
         if not header.revision:
-            header.revision = self.store.revision
+            # Inside the batch the store's own revision is stale: the batch knows the new one.
+            header.revision = batch.rev
         return response
 
     def _dispatch(self, batch: Any, request: Any) -> Any:
