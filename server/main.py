@@ -64,7 +64,12 @@ def _grpc_server(config: Config) -> Any:
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", 2**31 - 1),
     ]
-    return grpc.aio.server(options=options)
+    interceptors = []
+    if _optional("server.metrics") is not None:
+        from .interceptor import MetricsInterceptor
+
+        interceptors.append(MetricsInterceptor())
+    return grpc.aio.server(options=options, interceptors=interceptors)
 
 
 def _bind(server: Any, config: Config) -> None:
