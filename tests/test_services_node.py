@@ -5,6 +5,7 @@ compacted cancel, progress, lease expiry and keepalive, lock contention, electio
 from __future__ import annotations
 
 import os
+import pathlib
 import queue
 import subprocess
 import sys
@@ -347,3 +348,29 @@ def test_clients_that_vanish_leave_no_watchers_and_no_memory(node: Node) -> None
         vanishing_streams(node, 1000)
         rss_bytes.append(nodes.rss_bytes(node.proc.pid))
     assert rss_bytes[2] - rss_bytes[0] < 10 << 20, rss_bytes
+
+
+def compacted(st: Stubs, revision: int) -> bool:
+    try:
+        st.kv.Range(rpc_pb2.RangeRequest(key=b"ac/k", revision=revision))
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.OUT_OF_RANGE, exc
+        assert exc.details() == "etcdserver: mvcc: required revision has been compacted"
+        return True
+    return False
+
+
+def test_periodic_auto_compaction(node_kind: str, tmp_path: pathlib.Path) -> None:
+    """--auto-compaction-retention=1s: history older than about a second gets compacted,
+    through Raft like a client Compact, with no client asking."""
+    args = ("--auto-compaction-mode=periodic", "--auto-compaction-retention=1s")
+    with nodes.running(node_kind, tmp_path, extra_args=args) as n:
+        st = stubs(n)
+        try:
+            first = put(st, b"ac/k", b"0")
+            for i in range(1, 5):
+                put(st, b"ac/k", str(i).encode())
+            wait_for(lambda: compacted(st, first), timeout_s=20, what="an auto-compaction")
+            assert st.kv.Range(rpc_pb2.RangeRequest(key=b"ac/k")).kvs[0].value == b"4"
+        finally:
+            st.close()
