@@ -12,7 +12,9 @@ the keys at one revision on every member. A revoke that fails is retried after `
 
 The lessor learns grants and revokes made through this member's Lease service at once, and
 any other change (grants applied from another member's proposals, snapshot installs) by
-re-reading `store.leases()` whenever the store's consistent index moved since the last pass.
+re-reading `store.leases()`: on a miss, and in the expiry pass when the store's consistent
+index moved, at most every `sync_interval_s` (a full scan, so not on every pass). A lease
+granted elsewhere thus starts its countdown up to that much late, never early.
 The clock is injected: tests drive `expire_once` with a fake one and never sleep.
 """
 
@@ -60,6 +62,7 @@ class Lessor:
         revoke_batch_max: int = 500,
         revoke_inflight_max: int = 16,
         retry_s: float = 3.0,
+        sync_interval_s: float = 5.0,
     ) -> None:
         self._node = node
         self._clock = clock
@@ -68,6 +71,8 @@ class Lessor:
         self.revoke_batch_max = revoke_batch_max
         self.revoke_inflight_max = revoke_inflight_max
         self.retry_s = retry_s
+        self.sync_interval_s = sync_interval_s
+        self._synced_at_s = -math.inf
         self.leases: dict[int, Lease] = {}
         self.primary = False
         self._synced_index: int | None = None
@@ -198,9 +203,12 @@ class Lessor:
         """Adds leases the store has and the lessor lacks; drops those the store lost."""
         store = self._node.store
         index = store.consistent_index
-        if not force and index == self._synced_index:
+        now = self._clock()
+        if not force and (
+            index == self._synced_index or now - self._synced_at_s < self.sync_interval_s
+        ):
             return
-        self._synced_index = index
+        self._synced_index, self._synced_at_s = index, now
         stored = dict(store.leases())
         for lease_id in [lease_id for lease_id in self.leases if lease_id not in stored]:
             del self.leases[lease_id]
