@@ -70,7 +70,7 @@ def inv(main: int) -> bytes:
 
 
 def uninv(b: bytes) -> int:
-    return MAIN_MAX - _U64.unpack(b)[0]
+    return MAIN_MAX - int(_U64.unpack(b)[0])
 
 
 def rev_key(main: int, sub: int, tombstone: bool = False) -> bytes:

@@ -38,6 +38,10 @@ QUOTA_BYTES_DEFAULT = 2 << 30  # etcd's default quota-backend-bytes
 KV_OVERHEAD_BYTES = 256
 LEASE_OVERHEAD_BYTES = 64
 
+_U64_UNPACK = keys._U64.unpack
+_IDX_UNPACK = keys.IDX_VALUE.unpack_from
+_REV_PACK = keys._REV.pack
+
 META_REV = b"rev"
 META_CI = b"consistent_index"
 META_COMPACT = b"compact_rev"  # the scheduled (and, for reads, effective) compaction revision
@@ -126,10 +130,53 @@ class Store:
 
     # ---- reads --------------------------------------------------------------------------
     def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
+        key = req.key
+        if (
+            not req.range_end
+            and req.revision <= 0
+            and 0 < len(key) <= keys.SHORT_KEY_BYTES_MAX
+            and not (req.min_mod_revision or req.max_mod_revision)
+            and not (req.min_create_revision or req.max_create_revision)
+        ):
+            return self._get_latest(key, req.keys_only, req.count_only)
         with self.env.begin() as txn:
             current = self._meta_int(txn, META_REV, 1)
             compacted = self._meta_int(txn, META_COMPACT, 0)
             return reader.do_range(txn, self.dbs, req, current, compacted, current)
+
+    def _get_latest(self, key: bytes, keys_only: bool, count_only: bool) -> rpc_pb2.RangeResponse:
+        """range() of one short key at the current revision: the read hot path."""
+        ik = key.replace(b"\x00", b"\x00\xff") + b"\x00\x00"
+        resp = rpc_pb2.RangeResponse()
+        dbs = self.dbs
+        with self.env.begin() as txn:
+            resp.header.revision = _U64_UNPACK(txn.get(META_REV, b"\0\0\0\0\0\0\0\1", db=dbs.meta))[
+                0
+            ]
+            cur = txn.cursor(db=dbs.idx)
+            if not cur.set_range(ik):
+                return resp
+            comp = cur.key()
+            if comp[:-8] != ik:
+                return resp
+            sub, create, version, lease = _IDX_UNPACK(cur.value())
+            if not version:
+                return resp
+            resp.count = 1
+            if count_only:
+                return resp
+            main = keys.MAIN_MAX - _U64_UNPACK(comp[-8:])[0]
+            kv = resp.kvs.add()
+            kv.key = key
+            kv.create_revision = create
+            kv.mod_revision = main
+            kv.version = version
+            if lease:
+                kv.lease = lease
+            if not keys_only:
+                rec = txn.get(_REV_PACK(main, b"_", sub), db=dbs.log)
+                kv.value = rec[keys.LOG_VALUE.size + len(key) :]
+        return resp
 
     def lease_ttl_info(self, lease_id: int) -> tuple[int, list[bytes]]:
         """(granted TTL, attached keys in key order). LeaseNotFoundError if unknown."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from api.etcdserverpb import rpc_pb2
 from api.mvccpb import kv_pb2
@@ -68,6 +68,7 @@ class Watcher:
         than max_events); [] when nothing new."""
         if self.canceled:
             return []
+        max_events = max(1, max_events)
         raws = self.hub._from_ring(self, max_events)
         if raws is None:
             return self._replay(max_events)
@@ -85,6 +86,8 @@ class Watcher:
             if self.next_revision < compacted:
                 self.cancel()
                 return Compacted(compacted)
+            if not self.range_end:
+                return self._build(txn, self._replay_key(txn, current, max_events), compacted)
             out: list[RawEvent] = []
             cur = txn.cursor(db=store.dbs.log)
             ok = cur.set_range(keys.rev_key(self.next_revision, 0))
@@ -106,6 +109,36 @@ class Watcher:
                 ok = cur.next()
             self.next_revision = (last + 1) if ok else current + 1
             return self._build(txn, out, compacted)
+
+    def _replay_key(self, txn: Any, current: int, max_events: int) -> list[RawEvent]:
+        """Replay of a single-key watcher: walk the key's own history in the index instead of
+        the whole log (one event per revision at most, so max_events is exact)."""
+        dbs = self.hub.store.dbs
+        ik = keys.ikey(self.key)
+        cur = txn.cursor(db=dbs.idx)
+        found: list[tuple[int, int, bool]] = []
+        ok = cur.set_range(ik + keys.inv(current))
+        while ok:
+            comp = cur.key()
+            if comp[:-8] != ik:
+                break
+            main = keys.uninv(comp[-8:])
+            if main < self.next_revision:
+                break
+            sub, _, version, _ = keys.IDX_VALUE.unpack_from(cur.value())
+            found.append((main, sub, version == 0))
+            ok = cur.next()
+        found.reverse()
+        del found[max_events:]
+        self.next_revision = found[-1][0] + 1 if len(found) == max_events else current + 1
+        out: list[RawEvent] = []
+        size = keys.LOG_VALUE.size
+        for main, sub, tomb in found:
+            v = txn.get(keys.rev_key(main, sub, tomb), db=dbs.log)
+            create, version, lease, klen = keys.LOG_VALUE.unpack_from(v)
+            value = b"" if tomb else bytes(v[size + klen :])
+            out.append((main, sub, tomb, self.key, create, version, lease, value))
+        return out
 
     def _events(self, raws: list[RawEvent]) -> list[kv_pb2.Event]:
         if not raws:
@@ -173,19 +206,29 @@ class WatchHub:
             self._watchers.discard(w)
 
     def publish(self, events: list[RawEvent] | None, revision: int) -> None:
-        """After a commit up to `revision`: extend the ring and wake the concerned watchers."""
+        """After a commit up to `revision`: extend the ring and wake the concerned watchers.
+        events None: the batch did not collect events (nobody watched when it began)."""
         with self._lock:
-            if events is None:  # nobody watched while the batch ran: the ring restarts here
+            if events is None:  # the ring restarts after this batch
                 self._ring.clear()
                 self._ring_events = 0
                 self._ring_first = revision + 1
-                return
-            self._append(events)
+            else:
+                self._append(events)
             watchers = list(self._watchers)
-        if not events:
+        if events is None:
+            # A watcher registered while the batch ran: it replays from LMDB; wake it.
+            for w in watchers:
+                if w.notify is not None and w.next_revision <= revision:
+                    w.notify()
             return
+        if not events or not watchers:
+            return
+        changed = {e[3] for e in events}
         for w in watchers:
-            if w.notify is not None and any(w.matches(e[3]) for e in events):
+            if w.notify is None:
+                continue
+            if w.key in changed if not w.range_end else any(w.matches(k) for k in changed):
                 w.notify()
 
     def _append(self, events: list[RawEvent]) -> None:

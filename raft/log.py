@@ -107,15 +107,16 @@ class RaftLog:
         UnavailableError when storage cannot answer."""
         u = self.unstable
         k = i - u.offset
-        if 0 <= k < len(u.entries):
-            return u.entries[k].term
-        dummy = self.first_index() - 1
-        if i < dummy or i > self.last_index():
+        if k >= 0:
+            # Beyond the unstable tail is beyond the last index.
+            return u.entries[k].term if k < len(u.entries) else 0
+        s = u.snapshot
+        if s is not None:
+            return s.term if i == s.index else 0
+        storage = self.storage
+        if i < storage.first_index() - 1:
             return 0
-        t = u.maybe_term(i)
-        if t is not None:
-            return t
-        return self.storage.term(i)
+        return storage.term(i)
 
     def term_or_zero(self, i: int) -> int:
         try:
@@ -187,13 +188,16 @@ class RaftLog:
 
     def next_ents(self) -> list[Entry]:
         """Committed entries not yet applied (they may still be unstable)."""
+        if self.committed <= self.applied:
+            return []
         off = max(self.applied + 1, self.first_index())
         if self.committed + 1 > off:
             return self.slice(off, self.committed + 1, self.max_next_ents_size)
         return []
 
     def has_next_ents(self) -> bool:
-        return self.committed + 1 > max(self.applied + 1, self.first_index())
+        c = self.committed
+        return c > self.applied and c >= self.first_index()
 
     def has_pending_snapshot(self) -> bool:
         return self.unstable.snapshot is not None
@@ -245,8 +249,10 @@ class RaftLog:
         """Entries [lo, hi) within max_size bytes; raises CompactedError if lo is compacted."""
         if lo == hi:
             return []
-        self._check_out_of_bounds(lo, hi)
         u = self.unstable
+        if u.offset <= lo and hi <= u.offset + len(u.entries):
+            return limit_size(u.entries[lo - u.offset : hi - u.offset], max_size)  # fast path
+        self._check_out_of_bounds(lo, hi)
         ents: list[Entry]
         if lo >= u.offset:
             ents = u.entries[lo - u.offset : hi - u.offset]

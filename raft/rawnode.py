@@ -37,6 +37,9 @@ from raft.types import (
     is_response_msg,
 )
 
+_LOCAL_MSGS = frozenset(t for t in range(32) if is_local_msg(t))
+_RESPONSE_MSGS = frozenset(t for t in range(32) if is_response_msg(t))
+
 
 class RawNode:
     def __init__(self, config: Config, peers: Sequence[int] | None = None) -> None:
@@ -96,9 +99,10 @@ class RawNode:
 
     def step(self, m: Message) -> None:
         """Take a message from a peer."""
-        if is_local_msg(m.type):
+        t = m.type
+        if t in _LOCAL_MSGS:
             raise StepLocalMsgError(f"message type {m.type} is local to raft")
-        if is_response_msg(m.type) and m.from_ not in self.raft.prs.progress:
+        if t in _RESPONSE_MSGS and m.from_ not in self.raft.prs.progress:
             raise StepPeerNotFoundError(f"response from unknown member {m.from_}")
         self.raft.step(m)
 

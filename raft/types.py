@@ -94,6 +94,7 @@ class Entry:
     data: bytes = b""
 
 
+@_fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class HardState:
     term: int = 0
@@ -104,6 +105,7 @@ class HardState:
 EMPTY_HARD_STATE = HardState()
 
 
+@_fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class SoftState:
     lead: int = 0
@@ -156,6 +158,7 @@ class Message:
     context: bytes = b""
 
 
+@_fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class ReadState:
     """A read confirmed at `index`: serve it once applied >= index."""
@@ -164,6 +167,7 @@ class ReadState:
     request_ctx: bytes
 
 
+@_fast_init
 @dataclasses.dataclass(frozen=True, slots=True)
 class Ready:
     """What the application must do, in this order: persist `snapshot`, `hard_state` and

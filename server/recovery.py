@@ -3,8 +3,10 @@
 Theory of operation (DESIGN.md "Recovery"): open the engine and read its consistent index;
 load the newest snapshot; open the WAL from that snapshot (the WAL repairs a torn tail and
 refuses corruption elsewhere); rebuild Raft's MemoryStorage from the snapshot, the hard state
-and the entries after it; and start Raft with `applied` = the engine's consistent index, so
-only the entries the engine has not yet applied are applied again. Nothing here scans the
+and the entries after it; and start Raft with `applied` = the snapshot index, so Raft
+re-delivers the committed entries after it: membership changes among them are replayed, and
+the applier skips the others up to the engine's consistent index, so only what the engine
+lacks is applied again. Nothing here scans the
 keys: start-up time depends on the WAL tail (bounded by snapshot-count), not on the data.
 
 The WAL metadata names the member and the cluster; a data dir written for another cluster
@@ -162,7 +164,11 @@ def open_node_storage(config: Config) -> Recovered:
     commit = max(hard_state.commit, min(store.consistent_index, memory.last_index()))
     memory.set_hard_state(raft.HardState(hard_state.term, hard_state.vote, commit))
     raw = raft.RawNode(_raft_config(config, identity, memory, applied), peers=[])
-    return Recovered(identity, store, wal, snapshotter, memory, raw, applied, snap_index, False)
+    # What the engine holds is applied, whatever Raft re-delivers: reads may rely on it.
+    engine_applied = max(applied, store.consistent_index)
+    return Recovered(
+        identity, store, wal, snapshotter, memory, raw, engine_applied, snap_index, False
+    )
 
 
 def _snapshotter(snap_dir: str) -> Any:

@@ -60,15 +60,11 @@ class Petra:
             while True:
                 assert self.proc.poll() is None, self.log.read_text()
                 assert time.monotonic() < deadline, self.log.read_text()
-                ready = grpc.channel_ready_future(channel)
                 try:
-                    ready.result(timeout=0.5)
-                    kv.Range(rpc_pb2.RangeRequest(key=b"health"), timeout=2)
+                    kv.Range(rpc_pb2.RangeRequest(key=b"health"), timeout=1, wait_for_ready=True)
                     return self
-                except (grpc.FutureTimeoutError, grpc.RpcError):
+                except grpc.RpcError:
                     continue
-                finally:
-                    ready.cancel()
 
     def stop(self) -> int:
         assert self.proc is not None

@@ -2,7 +2,7 @@
 
 Theory of operation: a frame is a 24-byte header, a body and zero padding to 8 bytes. The
 header carries the CRC chain twice over: `prev_crc` (the chain value before the frame) and
-`crc` = CRC-32C of everything after the crc field up to the end of the body, seeded with
+`crc` = CRC-32C of everything after the crc field up to the end of the frame, seeded with
 `prev_crc`. So a frame can be validated on its own (recompute from its own `prev_crc`), and the
 reader checks the chain by comparing `prev_crc` with the previous frame's `crc`. `synced_bytes`
 says up to which offset of its segment the log was durable when the frame was written: it is
@@ -97,6 +97,8 @@ def encode_frame(
     pad = -n & 7
     tail = HEADER_TAIL.pack(prev_crc, n | pad << PAD_SHIFT, rtype, 0, MAGIC, synced_bytes)
     crc = crc32c(body, crc32c(tail, prev_crc))
+    if pad:
+        crc = crc32c(ZEROES[pad], crc)
     out.append(CRC_FIELD.pack(crc))
     out.append(tail)
     out.append(body)
@@ -125,6 +127,8 @@ def encode_entries(
             crc, n | pad << PAD_SHIFT, RECORD_ENTRY, 0, MAGIC, synced_bytes, e.index, e.term, e.type
         )
         crc = crc32c(data, crc32c(head, crc))
+        if pad:
+            crc = crc32c(ZEROES[pad], crc)
         append(pack_crc(crc))
         append(head)
         append(data)
@@ -198,7 +202,7 @@ def check_frame(buf: bytes, offset: int) -> tuple[int, int, int, int, int, int] 
     body_end = offset + HEADER_BYTES + n
     if body_end + pad > len(buf):
         return "frame cut short by end of file"
-    if crc32c(memoryview(buf)[offset + 4 : body_end], prev) != crc:
+    if crc32c(memoryview(buf)[offset + 4 : body_end + pad], prev) != crc:
         return "frame CRC mismatch"
     if synced > offset:
         return "frame claims durability beyond its own offset"
@@ -236,7 +240,7 @@ def scan_segment(buf: bytes, start_crc: int | None) -> Scan:
             or rtype not in RECORD_TYPES
             or end > size
             or synced > offset
-            or crc32c(view[offset + 4 : body + n], prev) != crc
+            or crc32c(view[offset + 4 : end], prev) != crc
         ):
             checked = check_frame(buf, offset)
             why = checked if isinstance(checked, str) else "bad frame"

@@ -33,6 +33,7 @@ from wal.record import (
     Entry,
     EntryLike,
     HardState,
+    Scan,
     SnapshotMarker,
     encode_crc,
     encode_entries,
@@ -64,13 +65,16 @@ def parse_segment_name(name: str) -> tuple[int, int] | None:
 
 
 def list_segments(fs: FS, dir: str) -> list[tuple[int, int]]:
-    """The segments of `dir` in order; refuses a gap in the sequence numbers."""
-    found = sorted(s for s in map(parse_segment_name, fs.listdir(dir)) if s is not None)
-    for (seq_a, _), (seq_b, first_b) in zip(found, found[1:], strict=False):
+    """The segments of `dir` in order."""
+    return sorted(s for s in map(parse_segment_name, fs.listdir(dir)) if s is not None)
+
+
+def check_contiguous(dir: str, segments: list[tuple[int, int]]) -> None:
+    """Refuses a gap in the sequence numbers of the segments a replay reads."""
+    for (seq_a, _), (seq_b, first_b) in zip(segments, segments[1:], strict=False):
         if seq_b != seq_a + 1:
             path = os.path.join(dir, segment_name(seq_b, first_b))
             raise errors.CorruptionError(path, 0, f"segment number {seq_a + 1} is missing")
-    return found
 
 
 class WAL:
@@ -177,11 +181,12 @@ class WAL:
     ) -> tuple[WAL, bytes, HardState, list[Entry]]:
         if fs.exists(os.path.join(dir, CUT_TMP_NAME)):  # a cut that crashed before its rename
             fs.remove(os.path.join(dir, CUT_TMP_NAME))
-        segments = list_segments(fs, dir)
-        starts = [i for i, (_, first) in enumerate(segments) if first <= marker.index]
+        all_segments = list_segments(fs, dir)
+        starts = [i for i, (_, first) in enumerate(all_segments) if first <= marker.index]
         if not starts:
             raise errors.NotFoundError(f"wal: no segment in {dir} holds index {marker.index}")
-        segments = segments[starts[-1] :]
+        segments = all_segments[starts[-1] :]
+        check_contiguous(dir, segments)
         replay = _Replay(marker)
         crc: int | None = None
         end = 0
@@ -189,7 +194,7 @@ class WAL:
             path = os.path.join(dir, segment_name(seq, first))
             buf = fs.read_file(path)
             scan = scan_segment(buf, crc)
-            replay.check_header(path, scan.records, first_segment=seq == 0)
+            replay.check_header(path, scan, first_segment=seq == 0)
             replay.apply(path, scan.records)
             if scan.bad is not None:
                 is_last = i == len(segments) - 1
@@ -209,7 +214,7 @@ class WAL:
             raise
         assert replay.metadata is not None and crc is not None
         wal = cls(
-            fs, dir, lock, replay.metadata, segments, f, end, crc,
+            fs, dir, lock, replay.metadata, all_segments, f, end, crc,
             replay.hard_state, replay.last_index(), segment_bytes,
         )  # fmt: skip
         return wal, replay.metadata, replay.hard_state, replay.entries
@@ -381,16 +386,20 @@ class _Replay:
         self.entries: list[Entry] = []
         self.matched = False
 
-    def check_header(
-        self, path: str, records: list[tuple[int, Any, int]], *, first_segment: bool
-    ) -> None:
+    def check_header(self, path: str, scan: Scan, *, first_segment: bool) -> None:
         """Every segment opens with crc, metadata, and a snapshot marker (the first segment)
-        or a hard state (the others). They were fsynced before the segment got its name."""
+        or a hard state (the others). They were fsynced before the segment got its name, so
+        damage there is never a torn tail."""
         third = RECORD_SNAPSHOT if first_segment else RECORD_STATE
-        kinds = [r[0] for r in records[:3]]
-        if kinds != [RECORD_CRC, RECORD_METADATA, third]:
-            offset = records[len(kinds)][2] if len(kinds) < len(records) else 0
-            raise errors.CorruptionError(path, offset, f"segment header incomplete: {kinds}")
+        expected = [RECORD_CRC, RECORD_METADATA, third]
+        for i, want in enumerate(expected):
+            if i >= len(scan.records):
+                offset = scan.bad.offset if scan.bad else scan.end
+                reason = scan.bad.reason if scan.bad else "segment ends"
+                raise errors.CorruptionError(path, offset, f"{reason} in the segment header")
+            rtype, _, offset = scan.records[i]
+            if rtype != want:
+                raise errors.CorruptionError(path, offset, f"record type {rtype} in the header")
 
     def apply(self, path: str, records: list[tuple[int, Any, int]]) -> None:
         base = self.marker.index
@@ -398,6 +407,8 @@ class _Replay:
         for rtype, value, offset in records:
             if rtype == RECORD_ENTRY:
                 if value.index <= base:
+                    # Rewritten at or below the marker: whatever came after it is gone.
+                    entries.clear()
                     continue
                 position = value.index - base - 1
                 if position == len(entries):
