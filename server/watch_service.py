@@ -103,6 +103,14 @@ class WatchStream:
             self.control[-1].cancel_reason = error
             return INVALID_WATCH_ID
         watch_id = request.watch_id or self._next_auto_id()
+        if request.start_revision < 0:
+            # etcd 3.4 takes a negative start for an unsynced watcher below any compaction:
+            # created, then cancelled as compacted (-1 when the store never was).
+            self._queue(self._response(current, watch_id, created=True))
+            canceled = self._response(current, watch_id, canceled=True)
+            canceled.compact_revision = self.node.store.compact_revision or -1
+            self._queue(canceled)
+            return watch_id
         start_revision = request.start_revision or current + 1
         hub = HubWatch(
             self.node,

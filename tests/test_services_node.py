@@ -136,6 +136,18 @@ def test_watch_ids_ranges_cancel_and_progress(s: Stubs) -> None:
         call.close()
 
 
+def test_negative_start_revision_is_cancelled_as_compacted(s: Stubs) -> None:
+    call = WatchCall(s)
+    try:
+        created = call.create(b"neg/k", start_revision=-3)
+        assert created.created and not created.canceled
+        canceled = call.next()
+        assert (canceled.watch_id, canceled.canceled) == (created.watch_id, True)
+        assert canceled.compact_revision == -1  # this shared node is never compacted
+    finally:
+        call.close()
+
+
 def test_watch_prev_kv_and_filters(s: Stubs) -> None:
     put(s, b"wf/k", b"old")
     call = WatchCall(s)
