@@ -63,6 +63,7 @@ class Lessor:
         revoke_inflight_max: int = 16,
         retry_s: float = 3.0,
         sync_interval_s: float = 5.0,
+        expiries_per_s_max: int = 750,
     ) -> None:
         self._node = node
         self._clock = clock
@@ -72,6 +73,8 @@ class Lessor:
         self.revoke_inflight_max = revoke_inflight_max
         self.retry_s = retry_s
         self.sync_interval_s = sync_interval_s
+        # etcd: 3/4 of its revoke rate (1000/s), so piled-up leases leave room for the rest.
+        self.expiries_per_s_max = expiries_per_s_max
         self._synced_at_s = -math.inf
         self.leases: dict[int, Lease] = {}
         self.primary = False
@@ -86,13 +89,35 @@ class Lessor:
         self._sync_with_store(force=True)
 
     def promote(self) -> None:
-        """This member became leader: every lease gets now + TTL + extend."""
+        """This member became leader: every lease gets now + TTL + extend, spread so that no
+        more than `expiries_per_s_max` fall in one second (etcd's Promote)."""
         self.primary = True
         now = self._clock()
         self._sync_with_store(force=True)
         for lease in self.leases.values():
             lease.deadline_s = now + lease.ttl_s + self.extend_s
             lease.retry_at_s = 0.0
+        if len(self.leases) > self.expiries_per_s_max:
+            self._spread_deadlines()
+
+    def _spread_deadlines(self) -> None:
+        """etcd's rate adjustment: walking the leases by deadline, once a one-second window
+        holds more than the target, each further lease is pushed back in proportion."""
+        target = self.expiries_per_s_max
+        leases = sorted(self.leases.values(), key=lambda lease: lease.deadline_s)
+        base_s = leases[0].deadline_s
+        next_window_s = base_s + 1.0
+        expiries = 0
+        for lease in leases:
+            if lease.deadline_s > next_window_s:
+                base_s, next_window_s, expiries = lease.deadline_s, lease.deadline_s + 1.0, 1
+                continue
+            expiries += 1
+            if expiries <= target:
+                continue
+            delay_s = expiries / target - (lease.deadline_s - base_s)
+            next_window_s = base_s + delay_s
+            lease.deadline_s += delay_s
 
     def demote(self) -> None:
         """This member lost leadership: its leases no longer expire here."""
