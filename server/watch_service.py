@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from server.errors import NoLeaderError
 from server.local_kv import TAKE_EVENTS_MAX, HubWatch, compacted_revision
+from server.service_errors import abort
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +285,12 @@ def fragments(response: rpc_pb2.WatchResponse, limit_bytes: int) -> list[rpc_pb2
     return parts
 
 
+def _requires_leader(context: Any) -> bool:
+    """clientv3.WithRequireLeader (etcdctl watch uses it): the `hasleader` metadata."""
+    metadata = context.invocation_metadata() or ()
+    return any(key == "hasleader" and value == "true" for key, value in metadata)
+
+
 class WatchService(rpc_pb2_grpc.WatchServicer):
     def __init__(
         self,
@@ -299,6 +307,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     async def Watch(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: Any
     ) -> None:
+        if _requires_leader(context) and not self._node.leader_id:
+            await abort(context, NoLeaderError())
         stream = WatchStream(self._node, self._node.config.max_request_bytes)
         self.streams.add(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
