@@ -48,6 +48,9 @@ def node(kind: str) -> Iterator[str]:
             "--initial-cluster", f"b1={peer_url}",
         ]  # fmt: skip
         command = ["/usr/bin/etcd"] if kind == "etcd" else [sys.executable, "-m", "server.main"]
+        profile = os.environ.get("PETRA_PROFILE")
+        if kind == "petra" and profile:
+            command = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "server.main"]
         env = {**os.environ, "PYTHONPATH": ROOT}
         with open(os.path.join(tmp, "log"), "wb") as log:
             proc = subprocess.Popen([*command, *args], cwd=ROOT, env=env, stdout=log, stderr=log)

@@ -22,6 +22,7 @@ import dataclasses
 import pathlib
 import queue
 import random
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -31,13 +32,14 @@ import pytest
 from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from api.mvccpb import kv_pb2
 from tests import nodes
-from tests.nodes import Node, make_node, wait_for
+from tests.nodes import Node, NodeFailed, make_node, wait_for
 
 node_kind = nodes.node_kind
 
 WRITERS = 3
 RPC_TIMEOUT_S = 5.0
 LOAD_TIMEOUT_S = 20.0
+HISTORY_TIMEOUT_S = 10.0
 SEED = 20261204
 # Short Raft timers: a restarted one-member node elects itself in ~0.1 s instead of ~1 s.
 FAST_ELECTION = ("--heartbeat-interval=10", "--election-timeout=100")
@@ -124,20 +126,27 @@ def current_revision(n: Node) -> int:
 
 def read_history(n: Node, start: int, end: int) -> list[kv_pb2.Event]:
     """Every event with start <= revision <= end, through a watch."""
-    if end < start:
+    if end < max(start, 2):  # revision 1 is the empty store: no event has it
         return []
     create = rpc_pb2.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=start)
     events: list[kv_pb2.Event] = []
     with grpc.insecure_channel(n.endpoint) as ch:
         stream = rpc_pb2_grpc.WatchStub(ch).Watch(
-            iter([rpc_pb2.WatchRequest(create_request=create)]), timeout=30
+            iter([rpc_pb2.WatchRequest(create_request=create)]), timeout=HISTORY_TIMEOUT_S
         )
-        for resp in stream:
-            assert not resp.canceled, f"history watch canceled: {resp}"
-            events.extend(resp.events)
-            if events and events[-1].kv.mod_revision >= end:
-                stream.cancel()
-                break
+        try:
+            for resp in stream:
+                assert not resp.canceled, f"history watch canceled: {resp}"
+                events.extend(resp.events)
+                if events and events[-1].kv.mod_revision >= end:
+                    stream.cancel()
+                    break
+        except grpc.RpcError as e:
+            last = events[-1].kv.mod_revision if events else None
+            raise AssertionError(
+                f"watch from {start} ended ({e.code()}) at revision {last}, "
+                f"before the current revision {end}: {len(events)} events"
+            ) from None
     return events
 
 
@@ -172,12 +181,23 @@ def check_cycle(history: list[kv_pb2.Event], load: CycleLoad, resumed: list[kv_p
     assert seen == want, f"{context}: resumed watcher saw {len(seen)} events, history {len(want)}"
 
 
-def run_cycle(
-    n: Node, cycle: int, r: random.Random, failpoint: str | None, context: str
-) -> tuple[int, CycleLoad]:
-    """Start, load, crash (by the test or by a failpoint); returns (start revision, load)."""
+def try_start(n: Node, failpoint: str | None) -> bool:
+    """Start with the failpoint armed; False if the failpoint killed it during start-up (a
+    crash during recovery or the first election is a crash moment like any other)."""
     n.env = {"PETRA_FAILPOINTS": failpoint} if failpoint else {}
-    n.start()
+    try:
+        n.start()
+    except NodeFailed:
+        assert n.proc is not None
+        if failpoint is None or n.proc.returncode != -signal.SIGKILL:
+            raise
+        return False
+    return True
+
+
+def run_load(n: Node, cycle: int, r: random.Random, failpoint: str | None,
+             context: str) -> tuple[int, CycleLoad]:  # fmt: skip
+    """Load the running node until it crashes (by the test or by its armed failpoint)."""
     start = current_revision(n) + 1
     load = CycleLoad()
     threads = [threading.Thread(target=watcher, args=(n.endpoint, load, start), daemon=True)]
@@ -189,11 +209,10 @@ def run_cycle(
         threads[-1].start()
     try:
         if failpoint:
-            wait_for(lambda: not n.alive(), LOAD_TIMEOUT_S, f"{context}: failpoint {failpoint}")
+            wait_for(lambda: not n.alive(), LOAD_TIMEOUT_S, f"{context}: failpoint to fire")
         else:
             target = r.randint(3, 60)
             wait_for(lambda: load.count() >= target, LOAD_TIMEOUT_S, f"{context}: {target} acks")
-            n.kill9()
     finally:
         n.kill9()
         load.stop.set()
@@ -202,33 +221,44 @@ def run_cycle(
     return start, load
 
 
-def verify_after_restart(n: Node, start: int, load: CycleLoad, previous_revision: int,
-                         context: str) -> int:  # fmt: skip
-    n.env = {}
-    n.start()
+def verify(n: Node, start: int, load: CycleLoad, previous_revision: int, context: str) -> int:
+    """On the restarted node: the cycle's invariants; returns the current revision."""
     revision_after = current_revision(n)
     assert revision_after >= previous_revision, f"{context}: revision went back"
     last_seen = load.watched[-1].kv.mod_revision if load.watched else start - 1
     resumed = read_history(n, last_seen + 1, revision_after)
     history = read_history(n, start, revision_after)
     check_cycle(history, load, resumed, revision_after, context)
-    n.stop()
     return revision_after
 
 
 def crash_cycles(n: Node, cycles: int, seed: int, failpoints: list[str] | None = None) -> int:
-    """Runs the cycles; returns the number of acknowledged writes checked."""
+    """Runs the cycles; returns the number of acknowledged writes checked. The restart that
+    verifies a cycle is also the start of the next one (armed with its failpoint): the
+    verification only reads, so it cannot fire a write-path failpoint."""
     r = random.Random(seed)
+    plan: list[str | None] = [None] * cycles
+    if failpoints:
+        plan = [f"{failpoints[c % len(failpoints)]}:kill@{r.randint(1, 12)}" for c in range(cycles)]
     revision = 0
     checked = 0
+    serving = try_start(n, plan[0])
     for cycle in range(cycles):
-        failpoint = None
-        if failpoints:
-            failpoint = f"{failpoints[cycle % len(failpoints)]}:kill@{r.randint(1, 12)}"
-        context = f"seed {seed} cycle {cycle} ({n.kind}, {failpoint or 'SIGKILL by test'})"
-        start, load = run_cycle(n, cycle, r, failpoint, context)
-        revision = verify_after_restart(n, start, load, revision, context)
+        context = f"seed {seed} cycle {cycle} ({n.kind}, {plan[cycle] or 'SIGKILL by test'})"
+        if serving:
+            start, load = run_load(n, cycle, r, plan[cycle], context)
+        else:
+            start, load = revision + 1, CycleLoad()  # it died while starting
+        following = plan[cycle + 1] if cycle + 1 < cycles else None
+        serving = try_start(n, following)
+        if not serving:  # the next failpoint fired at start-up: verify on a clean start
+            n.env = {}
+            n.start()
+        revision = verify(n, start, load, revision, context)
+        if not serving:
+            n.kill9()
         checked += len(load.acks)
+    n.stop()
     return checked
 
 

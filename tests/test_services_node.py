@@ -5,6 +5,7 @@ compacted cancel, progress, lease expiry and keepalive, lock contention, electio
 from __future__ import annotations
 
 import os
+import pathlib
 import queue
 import subprocess
 import sys
@@ -131,6 +132,18 @@ def test_watch_ids_ranges_cancel_and_progress(s: Stubs) -> None:
         progress = call.next()
         assert progress.watch_id == -1 and not progress.events
         assert progress.header.revision >= revision
+    finally:
+        call.close()
+
+
+def test_negative_start_revision_is_cancelled_as_compacted(s: Stubs) -> None:
+    call = WatchCall(s)
+    try:
+        created = call.create(b"neg/k", start_revision=-3)
+        assert created.created and not created.canceled
+        canceled = call.next()
+        assert (canceled.watch_id, canceled.canceled) == (created.watch_id, True)
+        assert canceled.compact_revision == -1  # this shared node is never compacted
     finally:
         call.close()
 
@@ -347,3 +360,29 @@ def test_clients_that_vanish_leave_no_watchers_and_no_memory(node: Node) -> None
         vanishing_streams(node, 1000)
         rss_bytes.append(nodes.rss_bytes(node.proc.pid))
     assert rss_bytes[2] - rss_bytes[0] < 10 << 20, rss_bytes
+
+
+def compacted(st: Stubs, revision: int) -> bool:
+    try:
+        st.kv.Range(rpc_pb2.RangeRequest(key=b"ac/k", revision=revision))
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.OUT_OF_RANGE, exc
+        assert exc.details() == "etcdserver: mvcc: required revision has been compacted"
+        return True
+    return False
+
+
+def test_periodic_auto_compaction(node_kind: str, tmp_path: pathlib.Path) -> None:
+    """--auto-compaction-retention=1s: history older than about a second gets compacted,
+    through Raft like a client Compact, with no client asking."""
+    args = ("--auto-compaction-mode=periodic", "--auto-compaction-retention=1s")
+    with nodes.running(node_kind, tmp_path, extra_args=args) as n:
+        st = stubs(n)
+        try:
+            first = put(st, b"ac/k", b"0")
+            for i in range(1, 5):
+                put(st, b"ac/k", str(i).encode())
+            wait_for(lambda: compacted(st, first), timeout_s=20, what="an auto-compaction")
+            assert st.kv.Range(rpc_pb2.RangeRequest(key=b"ac/k")).kvs[0].value == b"4"
+        finally:
+            st.close()
