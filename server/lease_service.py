@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2, rpc_pb2_grpc
+from engine.errors import LeaseNotFoundError
 from server.errors import NoLeaderError, NotLeaderError
 from server.lessor import FOREVER_S, LEASE_TTL_MAX_S, Lessor
 from server.service_errors import LeaseTTLTooLargeError, abort
@@ -115,7 +116,10 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
             header=header, ID=lease_id, TTL=ttl_s, grantedTTL=lease.ttl_s
         )
         if keys:
-            _, attached = self._node.store.lease_ttl_info(lease_id)
+            try:
+                _, attached = self._node.store.lease_ttl_info(lease_id)
+            except LeaseNotFoundError:  # revoked since the lessor's answer
+                return rpc_pb2.LeaseTimeToLiveResponse(header=header, ID=lease_id, TTL=-1)
             response.keys.extend(sorted(attached))
         return response
 

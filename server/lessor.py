@@ -12,7 +12,9 @@ the keys at one revision on every member. A revoke that fails is retried after `
 
 The lessor learns grants and revokes made through this member's Lease service at once, and
 any other change (grants applied from another member's proposals, snapshot installs) by
-re-reading `store.leases()` whenever the store's consistent index moved since the last pass.
+re-reading `store.leases()`: on a miss, and in the expiry pass when the store's consistent
+index moved, at most every `sync_interval_s` (a full scan, so not on every pass). A lease
+granted elsewhere thus starts its countdown up to that much late, never early.
 The clock is injected: tests drive `expire_once` with a fake one and never sleep.
 """
 
@@ -60,6 +62,8 @@ class Lessor:
         revoke_batch_max: int = 500,
         revoke_inflight_max: int = 16,
         retry_s: float = 3.0,
+        sync_interval_s: float = 5.0,
+        expiries_per_s_max: int = 750,
     ) -> None:
         self._node = node
         self._clock = clock
@@ -68,6 +72,10 @@ class Lessor:
         self.revoke_batch_max = revoke_batch_max
         self.revoke_inflight_max = revoke_inflight_max
         self.retry_s = retry_s
+        self.sync_interval_s = sync_interval_s
+        # etcd: 3/4 of its revoke rate (1000/s), so piled-up leases leave room for the rest.
+        self.expiries_per_s_max = expiries_per_s_max
+        self._synced_at_s = -math.inf
         self.leases: dict[int, Lease] = {}
         self.primary = False
         self._synced_index: int | None = None
@@ -81,13 +89,35 @@ class Lessor:
         self._sync_with_store(force=True)
 
     def promote(self) -> None:
-        """This member became leader: every lease gets now + TTL + extend."""
+        """This member became leader: every lease gets now + TTL + extend, spread so that no
+        more than `expiries_per_s_max` fall in one second (etcd's Promote)."""
         self.primary = True
         now = self._clock()
         self._sync_with_store(force=True)
         for lease in self.leases.values():
             lease.deadline_s = now + lease.ttl_s + self.extend_s
             lease.retry_at_s = 0.0
+        if len(self.leases) > self.expiries_per_s_max:
+            self._spread_deadlines()
+
+    def _spread_deadlines(self) -> None:
+        """etcd's rate adjustment: walking the leases by deadline, once a one-second window
+        holds more than the target, each further lease is pushed back in proportion."""
+        target = self.expiries_per_s_max
+        leases = sorted(self.leases.values(), key=lambda lease: lease.deadline_s)
+        base_s = leases[0].deadline_s
+        next_window_s = base_s + 1.0
+        expiries = 0
+        for lease in leases:
+            if lease.deadline_s > next_window_s:
+                base_s, next_window_s, expiries = lease.deadline_s, lease.deadline_s + 1.0, 1
+                continue
+            expiries += 1
+            if expiries <= target:
+                continue
+            delay_s = expiries / target - (lease.deadline_s - base_s)
+            next_window_s = base_s + delay_s
+            lease.deadline_s += delay_s
 
     def demote(self) -> None:
         """This member lost leadership: its leases no longer expire here."""
@@ -198,9 +228,12 @@ class Lessor:
         """Adds leases the store has and the lessor lacks; drops those the store lost."""
         store = self._node.store
         index = store.consistent_index
-        if not force and index == self._synced_index:
+        now = self._clock()
+        if not force and (
+            index == self._synced_index or now - self._synced_at_s < self.sync_interval_s
+        ):
             return
-        self._synced_index = index
+        self._synced_index, self._synced_at_s = index, now
         stored = dict(store.leases())
         for lease_id in [lease_id for lease_id in self.leases if lease_id not in stored]:
             del self.leases[lease_id]

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2, rpc_pb2_grpc
+from snapshot import backend
 
 from . import errors
 from .node import Node
@@ -117,10 +118,8 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
     def _copy_backend(self) -> Any:
         # A consistent copy first (one read transaction, off the loop), so the stream's size
         # is known up front for remaining_bytes, as etcd reports it.
-        from snapshot import backend
-
         spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Snapshot()
-        for chunk in backend.stream(self.node.store.env):
+        for chunk in backend.stream(self.node.store.env, trailer=False):
             spool.write(chunk)
         return spool
 

@@ -13,7 +13,11 @@ from __future__ import annotations
 import bisect
 import math
 import os
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
 
 # etcd's fsync histogram: 1 ms doubling 14 times (etcd_disk_wal_fsync_duration_seconds).
 FSYNC_BUCKETS_S = tuple(0.001 * 2**i for i in range(14))
@@ -165,6 +169,38 @@ def render() -> str:
         lines += metric.render()
     lines += _render_gauges()
     return "\n".join(lines) + "\n"
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):
+    """Counts every gRPC request by method and times the unary ones (REQUESTS and
+    REQUEST_SECONDS). Pass it to `grpc.aio.server(interceptors=[RequestInterceptor()])`.
+    Streams are counted when they open; their duration is a session length, not a latency,
+    so it is not observed."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = handler_call_details.method
+        REQUESTS.inc(method)
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        behaviour = handler.unary_unary
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = time.perf_counter()
+            try:
+                return await behaviour(request, context)
+            finally:
+                REQUEST_SECONDS.observe(method, time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 gauge("process_resident_memory_bytes", "Resident memory size in bytes.", _rss_bytes)

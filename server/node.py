@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 CATCH_UP_ENTRIES = 5000
 
 
+# The cached database size lags by one batch at most; this margin covers what a batch adds.
+QUOTA_SLACK_BYTES = 64 * 1024 * 1024
+
+
 def _fatal(exc: BaseException) -> None:
     log.critical("fatal storage error, exiting: %r", exc)
     os._exit(1)
@@ -168,6 +172,9 @@ class Node:
     async def check_quota(self, request: Any) -> None:
         """etcd's quota rule before proposing a Put, Txn or LeaseGrant: if it could exceed the
         backend quota, raise the NOSPACE alarm (through Raft) and fail with NoSpaceError."""
+        quota = self.store.quota_bytes
+        if quota < 0 or self.storage.db_size_bytes + request.ByteSize() + QUOTA_SLACK_BYTES < quota:
+            return  # far from the quota: skip the engine's exact check (two LMDB stat calls)
         try:
             self.store.check_quota(request)
         except Exception as exc:
@@ -200,6 +207,17 @@ class Node:
         finally:
             resume.set()
             await held
+
+    async def txn_read(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """A read-only Txn without Raft or the WAL: evaluated by the engine in a write batch
+        that changes nothing, on the storage thread (after every batch already applied)."""
+        store = self.store
+
+        def evaluate() -> Any:
+            with store.write_batch(sync=False) as batch:
+                return batch.txn(request)
+
+        return await self.storage.call(evaluate)
 
     async def wait_compaction(self) -> None:
         """Wait until the scheduled compaction has deleted everything (Compact physical=true)."""

@@ -70,6 +70,7 @@ class RaftDriver:
         self.leader_id = 0
         self.is_leader = False
         self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._proposals: list[tuple[int, bytes]] = []
         self._in_flight: ReadyJob | None = None
         self._in_flight_ready: Any = None
         self._scheduled = False
@@ -115,15 +116,23 @@ class RaftDriver:
             raise errors.TooManyRequestsError()
         if not self.is_leader:
             raise errors.NoLeaderError() if not self.leader_id else errors.NotCapableError()
-        try:
-            self.raw.propose(data)
-        except Exception as exc:
-            log.debug("proposal dropped: %s", exc)
-            raise errors.NoLeaderError() from exc
         future = self.loop.create_future()
         self._waiters[request_id] = future
+        # Handed to Raft in one batch by _drive: one append message for all of them.
+        self._proposals.append((request_id, data))
         self.kick()
         return future
+
+    def _flush_proposals(self) -> None:
+        proposals, self._proposals = self._proposals, []
+        try:
+            self.raw.propose_batch([data for _, data in proposals])
+        except Exception as exc:
+            log.debug("proposals dropped: %s", exc)
+            for request_id, _ in proposals:
+                future = self._waiters.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_exception(errors.NoLeaderError())
 
     # -- reads -----------------------------------------------------------------------------
     def read_barrier(self) -> asyncio.Future[None]:
@@ -197,6 +206,8 @@ class RaftDriver:
         self._scheduled = False
         if self._in_flight is not None:
             return
+        if self._proposals:
+            self._flush_proposals()
         self._send_read_index()
         if not self.raw.has_ready():
             return
@@ -229,7 +240,7 @@ class RaftDriver:
                 self.on_conf_change(entry)
         self.raw.advance(rd)
         if rd.committed_entries:
-            self.applied_index = rd.committed_entries[-1].index
+            self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
         for request_id, outcome in job.results:
             future = self._waiters.pop(request_id, None)
             if future is None or future.done():
@@ -258,6 +269,7 @@ class RaftDriver:
                 callback(leader)
 
     def _fail_all(self, exc: BaseException) -> None:
+        self._proposals = []
         waiters, self._waiters = self._waiters, {}
         for future in waiters.values():
             if not future.done():

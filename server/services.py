@@ -17,6 +17,7 @@ from typing import Any
 from api.etcdserverpb import rpc_pb2_grpc
 from api.v3electionpb import v3election_pb2_grpc
 from api.v3lockpb import v3lock_pb2_grpc
+from server import metrics
 from server.compactor import Compactor, make_policy
 from server.election_service import ElectionService
 from server.lease_service import IdGenerator, LeaseService
@@ -88,7 +89,23 @@ async def start_services(
     )
     register(grpc_server, services)
     start(node, services)
+    register_gauges(services)
     return services.stop
+
+
+def register_gauges(services: Services) -> None:
+    watch, lessor = services.watch, services.lessor
+    metrics.gauge(
+        "etcd_debugging_mvcc_watcher_total",
+        "Total number of watchers.",
+        lambda: float(watch.watcher_count()),
+    )
+    metrics.gauge(
+        "etcd_debugging_mvcc_watch_stream_total",
+        "Total number of watch streams.",
+        lambda: float(len(watch.streams)),
+    )
+    metrics.gauge("petra_leases", "Leases the lessor tracks.", lambda: float(len(lessor.leases)))
 
 
 def register(grpc_server: Any, services: Services) -> None:

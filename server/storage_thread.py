@@ -99,6 +99,8 @@ class StorageThread:
         self.on_fatal = on_fatal
         # The WAL write + fsync latency histogram (server/metrics.py), if metrics are wired.
         self.fsync_seconds: Any = None
+        # The engine's file size after the last applied batch, for the loop's quota check.
+        self.db_size_bytes = self.store.size_bytes()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # True while the engine may have compaction work left (checked once at start, set
         # again by every applied Compact).
@@ -190,6 +192,7 @@ class StorageThread:
         if failpoints.armed is not None:
             failpoints.hit(BEFORE_APPLY)
         job.results = self.applier.apply(job.committed)
+        self.db_size_bytes = self.store.size_bytes()
         if self.applier.compaction_scheduled:
             self.applier.compaction_scheduled = False
             self._compacting = True

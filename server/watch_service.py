@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from server.errors import NoLeaderError
 from server.local_kv import TAKE_EVENTS_MAX, HubWatch, compacted_revision
+from server.service_errors import abort
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +105,14 @@ class WatchStream:
             self.control[-1].cancel_reason = error
             return INVALID_WATCH_ID
         watch_id = request.watch_id or self._next_auto_id()
+        if request.start_revision < 0:
+            # etcd 3.4 takes a negative start for an unsynced watcher below any compaction:
+            # created, then cancelled as compacted (-1 when the store never was).
+            self._queue(self._response(current, watch_id, created=True))
+            canceled = self._response(current, watch_id, canceled=True)
+            canceled.compact_revision = self.node.store.compact_revision or -1
+            self._queue(canceled)
+            return watch_id
         start_revision = request.start_revision or current + 1
         hub = HubWatch(
             self.node,
@@ -147,8 +157,8 @@ class WatchStream:
         """What to send now, in order; [] if nothing (then `wait`)."""
         self._wakeup.clear()
         if self.control:
-            out, self.control = self.control, []
-            return out
+            control, self.control = self.control, []
+            return control
         out: list[rpc_pb2.WatchResponse] = []
         for watch_id in list(self.pending):
             self.pending.pop(watch_id, None)
@@ -275,6 +285,12 @@ def fragments(response: rpc_pb2.WatchResponse, limit_bytes: int) -> list[rpc_pb2
     return parts
 
 
+def _requires_leader(context: Any) -> bool:
+    """clientv3.WithRequireLeader (etcdctl watch uses it): the `hasleader` metadata."""
+    metadata = context.invocation_metadata() or ()
+    return any(key == "hasleader" and value == "true" for key, value in metadata)
+
+
 class WatchService(rpc_pb2_grpc.WatchServicer):
     def __init__(
         self,
@@ -291,6 +307,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     async def Watch(
         self, request_iterator: AsyncIterator[rpc_pb2.WatchRequest], context: Any
     ) -> None:
+        if _requires_leader(context) and not self._node.leader_id:
+            await abort(context, NoLeaderError())
         stream = WatchStream(self._node, self._node.config.max_request_bytes)
         self.streams.add(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))

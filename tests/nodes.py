@@ -123,21 +123,31 @@ class Node:
         return self
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Poll until the port accepts, then until a linearizable Range succeeds. Each gRPC
+        attempt uses a fresh channel: a channel whose first connect failed backs off ~1 s."""
         deadline = time.monotonic() + timeout_s
         request = rpc_pb2.RangeRequest(key=b"health")
-        with grpc.insecure_channel(self.endpoint) as channel:
-            kv = rpc_pb2_grpc.KVStub(channel)
-            while True:
-                self._check_alive()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise NodeFailed(f"{self.kind} not ready in {timeout_s}s:\n{self.log_tail()}")
+        while True:
+            self._check_alive()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise NodeFailed(f"{self.kind} not ready in {timeout_s}s:\n{self.log_tail()}")
+            if not self._port_accepts():
+                time.sleep(0.005)  # poll interval while the process binds its port
+                continue
+            with grpc.insecure_channel(self.endpoint) as channel:
                 try:
-                    grpc.channel_ready_future(channel).result(timeout=min(left, 0.5))
-                    kv.Range(request, timeout=min(left, 2.0))
+                    rpc_pb2_grpc.KVStub(channel).Range(request, timeout=min(left, 2.0))
                     return
-                except (grpc.FutureTimeoutError, grpc.RpcError):
-                    continue
+                except grpc.RpcError:
+                    time.sleep(0.005)  # poll interval while it elects itself
+
+    def _port_accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.client_port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:

@@ -9,6 +9,7 @@ ops that lock and election send, leases, compaction. Not shipped; not a conftest
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import threading
@@ -381,3 +382,47 @@ async def serving(
         await channel.close()
         await server.stop(None)
         await services.stop()
+
+
+class StoreNode(FakeNode):
+    """The Node contract over the real engine Store: proposals apply in write batches on one
+    worker thread, as on the storage thread, so the real watch hub (ring, replay from LMDB,
+    compaction) is what the services meet."""
+
+    def __init__(self, path: str, config: FakeConfig | None = None) -> None:
+        super().__init__(config)
+        from engine import Store
+
+        self.store = Store.open(path, quota_bytes=-1)  # type: ignore[assignment]
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+
+    def _apply(self, request: internal_pb2.InternalRequest) -> Any:
+        with self.store.write_batch(sync=False) as batch:
+            if request.HasField("put"):
+                return batch.put(request.put)
+            if request.HasField("delete_range"):
+                return batch.delete_range(request.delete_range)
+            if request.HasField("txn"):
+                return batch.txn(request.txn)
+            if request.HasField("compaction"):
+                batch.compact(request.compaction.revision)
+                return rpc_pb2.CompactionResponse()
+            if request.HasField("lease_grant"):
+                grant = request.lease_grant
+                batch.lease_grant(grant.ID, grant.TTL)
+                return rpc_pb2.LeaseGrantResponse(ID=grant.ID, TTL=grant.TTL)
+            if request.HasField("lease_revoke"):
+                batch.lease_revoke(request.lease_revoke.ID)
+                return rpc_pb2.LeaseRevokeResponse()
+        raise AssertionError(f"unexpected proposal {request}")
+
+    async def propose(self, request: internal_pb2.InternalRequest) -> Any:
+        self.proposals.append(request)
+        loop = asyncio.get_running_loop()
+        response = await loop.run_in_executor(self._writer, self._apply, request)
+        response.header.CopyFrom(self.header(self.store.revision))
+        return response
+
+    def close(self) -> None:
+        self._writer.shutdown()
+        self.store.close()

@@ -252,3 +252,35 @@ def test_grpc_health_check_and_watch() -> None:
             await server.stop(None)
 
     asyncio.run(main())
+
+
+def test_request_interceptor_counts_and_times_unary_calls() -> None:
+    """Through a real aio server: every call is counted by method, unary calls are timed,
+    errors included; a streaming call is counted."""
+    method = "/grpc.health.v1.Health/Check"
+    watch = "/grpc.health.v1.Health/Watch"
+    before = (metrics.REQUESTS.get(method), metrics.REQUEST_SECONDS.count(method))
+    before_watch = metrics.REQUESTS.get(watch)
+
+    async def main() -> None:
+        server = grpc.aio.server(interceptors=[metrics.RequestInterceptor()])
+        health_service.add_to_server(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                for _ in range(3):
+                    await stub.Check(health_pb2.HealthCheckRequest(service=""))
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stub.Check(health_pb2.HealthCheckRequest(service="nope"))
+                call = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+                assert (await call.read()).status == health_service.SERVING
+                call.cancel()
+        finally:
+            await server.stop(None)
+
+    asyncio.run(main())
+    assert metrics.REQUESTS.get(method) - before[0] == 4
+    assert metrics.REQUEST_SECONDS.count(method) - before[1] == 4
+    assert metrics.REQUESTS.get(watch) - before_watch == 1

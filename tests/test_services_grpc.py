@@ -98,6 +98,24 @@ async def test_a_slow_client_does_not_hold_up_a_fast_one() -> None:
 
 
 @async_test
+async def test_watch_requiring_a_leader_is_refused_without_one() -> None:
+    node = FakeNode()
+    async with serving(node) as (_, channel):
+        node.set_leader(False)
+        node.leader_id = 0
+        call = rpc_pb2_grpc.WatchStub(channel).Watch(metadata=(("hasleader", "true"),))
+        await call.write(watch_request(b"a"))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call.read()
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.value.details() == "etcdserver: no leader"
+        plain = rpc_pb2_grpc.WatchStub(channel).Watch()
+        await plain.write(watch_request(b"a"))
+        assert (await plain.read()).created  # a follower still serves plain watches
+        plain.cancel()
+
+
+@async_test
 async def test_watch_progress_notify_interval_is_configurable() -> None:
     node = FakeNode()
     async with serving(node, progress_interval_s=0.05) as (_, channel):

@@ -149,8 +149,8 @@ async def test_leases_granted_elsewhere_are_learned_from_the_store() -> None:
     node.store.apply(
         internal_pb2.InternalRequest(lease_grant=rpc_pb2.LeaseGrantRequest(ID=8, TTL=4))
     )
-    clock.advance(1)
-    assert await lessor.expire_once() == []
+    clock.advance(lessor.sync_interval_s)
+    assert await lessor.expire_once() == []  # learned now; its countdown starts now
     clock.advance(4)
     assert await lessor.expire_once() == [8]
 
@@ -196,3 +196,28 @@ def test_id_generator_matches_etcd_layout() -> None:
     assert first >> 48 == 0x1234
     assert first & ((1 << 48) - 1) == (1500 << 8) + 1
     assert ids.next() == first + 1
+
+
+def test_promotion_spreads_a_pile_of_deadlines() -> None:
+    """2,000 leases of one TTL would all expire in the same instant after a promotion; as in
+    etcd, no one-second window gets more than 750 of them, and none expires early."""
+    node, clock, _, _ = make(primary=False)
+    node.store.lease_ttls.update({lease_id: 10 for lease_id in range(1, 2001)})
+    lessor = Lessor(node, clock=clock, extend_s=1.0)
+    lessor.restore(primary=False)
+    lessor.promote()
+    deadlines = sorted(lease.deadline_s - clock() for lease in lessor.leases.values())
+    assert deadlines[0] == 11.0 and len(deadlines) == 2000
+    for i, start in enumerate(deadlines):
+        in_window = sum(1 for d in deadlines[i : i + 800] if d < start + 1.0)
+        assert in_window <= 751, (start, in_window)
+    assert deadlines[-1] < 11.0 + 2000 / 750 + 1
+
+
+def test_promotion_leaves_few_leases_alone() -> None:
+    node, clock, _, _ = make(primary=False)
+    node.store.lease_ttls.update({lease_id: 10 for lease_id in range(1, 101)})
+    lessor = Lessor(node, clock=clock, extend_s=1.0)
+    lessor.restore(primary=False)
+    lessor.promote()
+    assert {lease.deadline_s - clock() for lease in lessor.leases.values()} == {11.0}

@@ -4,9 +4,14 @@ compacted cancel, progress, lease expiry and keepalive, lock contention, electio
 
 from __future__ import annotations
 
+import os
+import pathlib
 import queue
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import grpc
@@ -127,6 +132,18 @@ def test_watch_ids_ranges_cancel_and_progress(s: Stubs) -> None:
         progress = call.next()
         assert progress.watch_id == -1 and not progress.events
         assert progress.header.revision >= revision
+    finally:
+        call.close()
+
+
+def test_negative_start_revision_is_cancelled_as_compacted(s: Stubs) -> None:
+    call = WatchCall(s)
+    try:
+        created = call.create(b"neg/k", start_revision=-3)
+        assert created.created and not created.canceled
+        canceled = call.next()
+        assert (canceled.watch_id, canceled.canceled) == (created.watch_id, True)
+        assert canceled.compact_revision == -1  # this shared node is never compacted
     finally:
         call.close()
 
@@ -280,3 +297,92 @@ def test_election_campaign_observe_proclaim_resign(s: Stubs) -> None:
     assert error.value.details() == '"leader" field must be provided'
     observed.cancel()
     s.election.Resign(v3election_pb2.ResignRequest(leader=elected.leader))
+
+
+# A client that opens many watch streams, says "ready" once every watcher is created, then
+# waits to be killed: its streams vanish without a cancel, as a crashed client's do.
+STREAMS_CLIENT = r"""
+import asyncio, sys
+import grpc
+from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+
+async def main(endpoint, streams):
+    channel = grpc.aio.insecure_channel(endpoint)
+    stub = rpc_pb2_grpc.WatchStub(channel)
+    calls = []
+    for i in range(streams):
+        call = stub.Watch()
+        create = rpc_pb2.WatchCreateRequest(key=b"leak/%d" % i)
+        await call.write(rpc_pb2.WatchRequest(create_request=create))
+        calls.append(call)
+    for call in calls:
+        assert (await call.read()).created
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+"""
+
+
+def gauge(n: Node, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{n.metrics_port}/metrics", timeout=10) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def vanishing_streams(n: Node, streams: int) -> None:
+    client = subprocess.Popen(
+        [sys.executable, "-c", STREAMS_CLIENT, n.endpoint, str(streams)],
+        cwd=nodes.ROOT, env={**os.environ, "PYTHONPATH": str(nodes.ROOT)},
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert client.stdout is not None
+        assert client.stdout.readline().strip() == "ready"
+        assert gauge(n, WATCHERS) == streams
+    finally:
+        client.kill()
+        client.wait()
+    wait_for(lambda: gauge(n, WATCHERS) == 0, timeout_s=30, what="the watchers to go")
+
+
+WATCHERS = "etcd_debugging_mvcc_watcher_total"
+
+
+def test_clients_that_vanish_leave_no_watchers_and_no_memory(node: Node) -> None:
+    """1,000 concurrent streams whose client is killed, three times: every watcher goes, and
+    the server's memory after the third round is within 10 MiB of the first."""
+    assert node.proc is not None
+    rss_bytes = []
+    for _ in range(3):
+        vanishing_streams(node, 1000)
+        rss_bytes.append(nodes.rss_bytes(node.proc.pid))
+    assert rss_bytes[2] - rss_bytes[0] < 10 << 20, rss_bytes
+
+
+def compacted(st: Stubs, revision: int) -> bool:
+    try:
+        st.kv.Range(rpc_pb2.RangeRequest(key=b"ac/k", revision=revision))
+    except grpc.RpcError as exc:
+        assert exc.code() == grpc.StatusCode.OUT_OF_RANGE, exc
+        assert exc.details() == "etcdserver: mvcc: required revision has been compacted"
+        return True
+    return False
+
+
+def test_periodic_auto_compaction(node_kind: str, tmp_path: pathlib.Path) -> None:
+    """--auto-compaction-retention=1s: history older than about a second gets compacted,
+    through Raft like a client Compact, with no client asking."""
+    args = ("--auto-compaction-mode=periodic", "--auto-compaction-retention=1s")
+    with nodes.running(node_kind, tmp_path, extra_args=args) as n:
+        st = stubs(n)
+        try:
+            first = put(st, b"ac/k", b"0")
+            for i in range(1, 5):
+                put(st, b"ac/k", str(i).encode())
+            wait_for(lambda: compacted(st, first), timeout_s=20, what="an auto-compaction")
+            assert st.kv.Range(rpc_pb2.RangeRequest(key=b"ac/k")).kvs[0].value == b"4"
+        finally:
+            st.close()
