@@ -386,3 +386,30 @@ def test_periodic_auto_compaction(node_kind: str, tmp_path: pathlib.Path) -> Non
             assert st.kv.Range(rpc_pb2.RangeRequest(key=b"ac/k")).kvs[0].value == b"4"
         finally:
             st.close()
+
+
+def test_leases_and_history_survive_a_restart(node: Node) -> None:
+    """After a restart the lessor restores leases from the store (full TTL again, keys still
+    attached, and they still expire), and a watch resumes from an old revision."""
+    st = stubs(node)
+    try:
+        lease = grant(st, 30)
+        short = grant(st, 2)
+        first = put(st, b"rs/a", b"1", lease=lease)
+        put(st, b"rs/b", b"2", lease=short)
+    finally:
+        st.close()
+    node.restart()
+    st = stubs(node)
+    call = WatchCall(st)
+    try:
+        ttl = st.lease.LeaseTimeToLive(rpc_pb2.LeaseTimeToLiveRequest(ID=lease, keys=True))
+        assert ttl.grantedTTL == 30 and 25 <= ttl.TTL <= 31 and list(ttl.keys) == [b"rs/a"]
+        call.create(b"rs/", range_end=b"rs0", start_revision=first)
+        replayed = call.events(2)
+        assert [(e[1], e[2]) for e in replayed] == [(b"rs/a", b"1"), (b"rs/b", b"2")]
+        (expired,) = call.events(1)  # the short lease still expires after the restart
+        assert (expired[0], expired[1]) == (DELETE, b"rs/b")
+    finally:
+        call.close()
+        st.close()
