@@ -437,3 +437,25 @@ def test_leases_and_history_survive_a_restart(node: Node) -> None:
     finally:
         call.close()
         st.close()
+
+
+@pytest.mark.slow
+def test_a_stalled_reader_does_not_stall_others(node: Node) -> None:
+    """One stream whose client never reads a response, one that reads: over 400 puts of
+    64 KiB (far beyond the HTTP/2 windows of the stalled stream), the reader sees every
+    event in order and no put waits for the stalled client."""
+    st = stubs(node)
+    requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
+    create = rpc_pb2.WatchCreateRequest(key=b"st/k")
+    requests.put(rpc_pb2.WatchRequest(create_request=create))
+    stalled = st.watch.Watch(iter(requests.get, None), timeout=120)  # never iterated
+    reader = WatchCall(st)
+    try:
+        reader.create(b"st/k")
+        revisions = [put(st, b"st/k", b"%06d" % i + b"x" * (64 << 10)) for i in range(400)]
+        assert [e[3] for e in reader.events(400)] == revisions
+    finally:
+        reader.close()
+        stalled.cancel()
+        requests.put(None)
+        st.close()
