@@ -73,6 +73,7 @@ class WatchStream:
     progress_requested: bool = False
     progress_tick_due: bool = False
     closed: bool = False
+    failure: Exception | None = None  # why the reader ended the stream, if it did
     next_id: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -321,6 +322,8 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
                     continue
                 for response in responses:
                     await context.write(response)
+            if stream.failure is not None:
+                await abort(context, stream.failure)
         finally:
             reader.cancel()
             ticker.cancel()
@@ -338,8 +341,16 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     ) -> None:
         # The client closing its side ends nothing: etcd keeps sending events until the
         # client cancels the call.
-        async for request in request_iterator:
-            stream.handle(request)
+        try:
+            async for request in request_iterator:
+                stream.handle(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A request the stream could not take (or a broken transport): end the call
+            # with that error rather than leave a half-dead stream behind.
+            stream.failure = exc
+            stream.close()
 
     async def _tick(self, stream: WatchStream) -> None:
         while True:
