@@ -146,7 +146,8 @@ class RaftLog:
         if not self.match_term(index, log_term):
             return None
         lastnewi = index + len(ents)
-        ci = self.find_conflict(ents)
+        # The common case appends right after our last entry: nothing to compare.
+        ci = index + 1 if ents and index == self.last_index() else self.find_conflict(ents)
         if ci:
             assert ci > self.committed, f"entry {ci} conflicts with committed {self.committed}"
             self.append(list(ents[ci - index - 1 :]))

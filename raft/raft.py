@@ -203,35 +203,33 @@ class Raft:
         """Send to `to` an append of the entries it lacks (or a snapshot if they are
         compacted); False if nothing was sent (flow control paused, or nothing to send)."""
         pr = self.prs.progress[to]
-        if pr.is_paused():
+        state = pr.state
+        # Flow control (Progress.is_paused, inlined: this is the hottest path).
+        if state == REPLICATE:
+            if len(pr.inflights) >= pr.max_inflight:
+                return False
+        elif state != PROBE or pr.probe_sent:
             return False
         log = self.raft_log
-        prev = pr.next - 1
+        nxt = pr.next
+        if not send_if_empty and nxt > log.last_index():
+            return False
         try:
-            log_term = log.term(prev)
-            ents = log.entries(pr.next, self.max_msg_size)
+            log_term = log.term(nxt - 1)
+            ents = log.entries(nxt, self.max_msg_size)
         except (CompactedError, UnavailableError):
             return self._send_snapshot(to, pr)
-        if not ents and not send_if_empty:
-            return False
         if ents:
-            if pr.state == REPLICATE:
+            if state == REPLICATE:
                 last = ents[-1].index
                 pr.next = last + 1
                 pr.inflights.append(last)
-            elif pr.state == PROBE:
+            else:
                 pr.probe_sent = True
+        elif not send_if_empty:
+            return False
         self.msgs.append(
-            Message(
-                MSG_APP,
-                to,
-                self.id,
-                self.term,
-                log_term,
-                prev,
-                tuple(ents),
-                log.committed,
-            )
+            Message(MSG_APP, to, self.id, self.term, log_term, nxt - 1, tuple(ents), log.committed)
         )
         return True
 
@@ -451,6 +449,11 @@ class Raft:
 
     def step_leader(self, m: Message) -> None:
         t = m.type
+        if t == MSG_APP_RESP:  # the most frequent message first
+            pr = self.prs.progress.get(m.from_)
+            if pr is not None:
+                self._leader_app_resp(m, pr)
+            return
         if t == MSG_PROP:
             self._leader_propose(m)
             return
@@ -466,9 +469,7 @@ class Raft:
         pr = self.prs.progress.get(m.from_)
         if pr is None:
             return
-        if t == MSG_APP_RESP:
-            self._leader_app_resp(m, pr)
-        elif t == MSG_HEARTBEAT_RESP:
+        if t == MSG_HEARTBEAT_RESP:
             self._leader_heartbeat_resp(m, pr)
         elif t == MSG_SNAP_STATUS:
             if pr.state == SNAPSHOT:
@@ -510,6 +511,9 @@ class Raft:
         return tuple(out)
 
     def _leader_check_quorum(self) -> None:
+        me = self.prs.progress.get(self.id)
+        if me is not None:
+            me.recent_active = True  # a leader always counts itself as active
         if not self.prs.quorum_active():
             self.become_follower(self.term, NONE)
         for member, pr in self.prs.progress.items():
@@ -738,16 +742,16 @@ class Raft:
             # Only a follower takes snapshots; defensively force a new election.
             self.become_follower(self.term + 1, NONE)
             return False
-        cs = s.conf_state
-        if self.id not in cs.voters and self.id not in cs.learners:
-            return False  # a snapshot from a configuration that lacks us: ignore it
         if log.match_term(s.index, s.term):
             log.commit_to(s.index)  # we have the entries already: fast-forward the commit
             return False
         log.restore(s)
-        self.restore_conf_state(cs)
-        pr = self.prs.progress[self.id]
-        pr.maybe_update(pr.next - 1)
+        # The snapshot's configuration may predate our own addition (a member added after the
+        # leader's latest snapshot): we then follow the log until we apply that addition.
+        self.restore_conf_state(s.conf_state)
+        pr = self.prs.progress.get(self.id)
+        if pr is not None:
+            pr.maybe_update(pr.next - 1)
         return True
 
     # ---- ticks -----------------------------------------------------------------------------

@@ -144,21 +144,21 @@ class RawNode:
             self.prev_soft_state = soft
         hard: HardState | None = None
         prev_hard = self.prev_hard_state
-        if (r.term, r.vote, log.committed) != (prev_hard.term, prev_hard.vote, prev_hard.commit):
+        term_or_vote_changed = r.term != prev_hard.term or r.vote != prev_hard.vote
+        if term_or_vote_changed or log.committed != prev_hard.commit:
             hard = HardState(r.term, r.vote, log.committed)
-        entries = log.unstable_entries()
-        must_sync = bool(entries) or (
-            hard is not None and (hard.term != prev_hard.term or hard.vote != prev_hard.vote)
-        )
+        u = log.unstable
+        entries = u.entries[:] if u.entries else []
+        committed = log.next_ents() if log.committed > log.applied else []
         rd = Ready(
             soft,
             hard,
             entries,
-            log.unstable.snapshot,
-            log.next_ents(),
+            u.snapshot,
+            committed,
             r.msgs,
             r.read_states,
-            must_sync,
+            bool(entries) or u.snapshot is not None or term_or_vote_changed,
         )
         r.msgs = []
         r.read_states = []

@@ -57,10 +57,10 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
     async def Txn(self, request: Any, context: Any) -> Any:
         try:
             txn_check.check_txn(request, self.max_txn_ops)
-            if txn_is_read_only(request) and hasattr(self.node.store, "txn_read"):
+            if txn_is_read_only(request):
                 if not _serializable(request):
                     await self.node.read_barrier()
-                response = self.node.store.txn_read(request)
+                response = await self.node.txn_read(request)
                 _fill(self.node, response.header)
                 return response
             if txn_has_put(request):

@@ -64,7 +64,9 @@ def _grpc_server(config: Config) -> Any:
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", 2**31 - 1),
     ]
-    return grpc.aio.server(options=options)
+    metrics = _optional("server.metrics")
+    interceptors = [metrics.RequestInterceptor()] if metrics is not None else []
+    return grpc.aio.server(options=options, interceptors=interceptors)
 
 
 def _bind(server: Any, config: Config) -> None:
@@ -107,9 +109,10 @@ async def serve(config: Config, stop_event: asyncio.Event) -> None:
         notify.notify_ready()
     await stop_event.wait()
     log.info("shutting down")
-    await server.stop(SHUTDOWN_GRACE_S)
+    # Services first: open watch streams would otherwise hold the server for the whole grace.
     for stop in reversed(stops):
         await stop()
+    await server.stop(SHUTDOWN_GRACE_S)
     await node.stop()
 
 

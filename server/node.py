@@ -208,6 +208,17 @@ class Node:
             resume.set()
             await held
 
+    async def txn_read(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
+        """A read-only Txn without Raft or the WAL: evaluated by the engine in a write batch
+        that changes nothing, on the storage thread (after every batch already applied)."""
+        store = self.store
+
+        def evaluate() -> Any:
+            with store.write_batch(sync=False) as batch:
+                return batch.txn(request)
+
+        return await self.storage.call(evaluate)
+
     async def wait_compaction(self) -> None:
         """Wait until the scheduled compaction has deleted everything (Compact physical=true)."""
 

@@ -16,12 +16,15 @@ The WAL metadata names the member and the cluster; a data dir written for anothe
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
 from .ids import cluster_id, member_id, parse_initial_cluster
+
+log = logging.getLogger(__name__)
 
 
 class DataDirError(Exception):
@@ -129,46 +132,94 @@ def _raft_config(config: Config, identity: Identity, memory: Any, applied: int) 
 
 def open_node_storage(config: Config) -> Recovered:
     """Open (or create) everything on disk for this member; raises DataDirError."""
+    import lmdb
+
+    from snapshot.errors import SnapshotError
+    from wal.errors import WALError
+
+    root = data_dir_of(config)
+    try:
+        return _open(config, root)
+    except (WALError, SnapshotError, lmdb.Error) as exc:
+        raise DataDirError(f"data dir {root!r}: {exc}") from exc
+
+
+def _open(config: Config, root: str) -> Recovered:
     import raft
     from engine import Store
-    from wal import WAL, SnapshotMarker
+    from wal import WAL
 
     identity = identity_of(config)
-    wal_dir, snap_dir, db_dir = _prepare_dirs(data_dir_of(config))
+    wal_dir, snap_dir, db_dir = _prepare_dirs(root)
     has_wal = os.path.isdir(wal_dir) and any(n.endswith(".wal") for n in os.listdir(wal_dir))
-    store = Store.open(db_dir, quota_bytes=quota_bytes_of(config))
     snapshotter = _snapshotter(snap_dir)
     memory = raft.MemoryStorage()
     if not has_wal:
         if os.path.isdir(wal_dir) and not os.listdir(wal_dir):
             os.rmdir(wal_dir)  # WAL.create wants to make the directory itself
+        # The WAL first: it holds the lock that keeps a second process off this data dir.
         wal = WAL.create(wal_dir, _metadata(identity))
+        store = Store.open(db_dir, quota_bytes=quota_bytes_of(config))
         raw = raft.RawNode(
             _raft_config(config, identity, memory, 0),
             peers=[m[0] for m in identity.members],
         )
         return Recovered(identity, store, wal, snapshotter, memory, raw, 0, 0, True)
-    loaded = snapshotter.load() if snapshotter is not None else None
-    snap_term, snap_index = (loaded[0], loaded[1]) if loaded else (0, 0)
-    wal, metadata, hard_state, entries = WAL.open(wal_dir, SnapshotMarker(snap_index, snap_term))
-    _check_identity(identity, metadata, data_dir_of(config))
+    loaded, (wal, metadata, hard_state, entries) = _open_wal(wal_dir, snapshotter)
+    try:
+        _check_identity(identity, metadata, root)
+        store = Store.open(db_dir, quota_bytes=quota_bytes_of(config))
+    except BaseException:
+        wal.close()
+        raise
+    snap_index = loaded[1] if loaded else 0
     if loaded:
         memory.apply_snapshot(_decode_snapshot(loaded))
-    # Raft re-delivers the committed entries after the snapshot: the applier skips those at
-    # or below the engine's consistent index, and membership changes among them are replayed.
-    applied = snap_index
     if entries:
         memory.append([raft.Entry(e.term, e.index, e.type, e.data) for e in entries])
     # The engine may have applied past the commit index the WAL last synced (a commit-only
     # hard state is written without fsync); what was applied was committed.
     commit = max(hard_state.commit, min(store.consistent_index, memory.last_index()))
     memory.set_hard_state(raft.HardState(hard_state.term, hard_state.vote, commit))
-    raw = raft.RawNode(_raft_config(config, identity, memory, applied), peers=[])
+    # Raft re-delivers the committed entries after the snapshot: the applier skips those at
+    # or below the engine's consistent index, and membership changes among them are replayed.
+    raw = raft.RawNode(_raft_config(config, identity, memory, snap_index), peers=[])
     # What the engine holds is applied, whatever Raft re-delivers: reads may rely on it.
-    engine_applied = max(applied, store.consistent_index)
+    engine_applied = max(snap_index, store.consistent_index)
     return Recovered(
         identity, store, wal, snapshotter, memory, raw, engine_applied, snap_index, False
     )
+
+
+class _Excluding:
+    """The (term, index) pairs not in `excluded`: snapshots the WAL has not disowned."""
+
+    def __init__(self) -> None:
+        self.excluded: set[tuple[int, int]] = set()
+
+    def __contains__(self, pair: object) -> bool:
+        return pair not in self.excluded
+
+
+def _open_wal(wal_dir: str, snapshotter: Any) -> tuple[Any, Any]:
+    """The newest snapshot that the WAL also records, and the WAL opened from it.
+
+    A crash between writing a .snap file and the WAL's snapshot record leaves a snapshot the
+    WAL does not know; like etcd 3.4.23, fall back to an older one (or none)."""
+    from wal import WAL, SnapshotMarker
+    from wal.errors import SnapshotMismatchError, SnapshotNotFoundError
+
+    acceptable = _Excluding()
+    while True:
+        loaded = snapshotter.load(acceptable) if snapshotter is not None else None
+        term, index = (loaded[0], loaded[1]) if loaded else (0, 0)
+        try:
+            return loaded, WAL.open(wal_dir, SnapshotMarker(index, term))
+        except (SnapshotNotFoundError, SnapshotMismatchError):
+            if loaded is None:
+                raise
+            acceptable.excluded.add((term, index))
+            log.warning("snapshot %d-%d is not in the WAL; using an older one", term, index)
 
 
 def _snapshotter(snap_dir: str) -> Any:

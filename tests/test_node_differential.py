@@ -29,6 +29,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from api.etcdserverpb import rpc_pb2
+from api.v3electionpb import v3election_pb2
+from api.v3lockpb import v3lock_pb2
 from tests.nodes import Stubs, running, stubs
 
 Req = rpc_pb2
@@ -349,12 +351,89 @@ def scenario_errors(rec: Recorder) -> None:
     rec.call("alarm get", lambda: rec.s.maintenance.Alarm(rpc_pb2.AlarmRequest()))
 
 
+def scenario_lock_and_election(rec: Recorder) -> None:
+    s = rec.s
+    for lease in (0x71, 0x72):
+        rec.call(
+            f"grant {lease}",
+            lambda lease=lease: s.lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(TTL=60, ID=lease)),
+        )
+    rec.call("lock", lambda: s.lock.Lock(v3lock_pb2.LockRequest(name=b"lk", lease=0x71)))
+    rec.call(
+        "lock unknown lease", lambda: s.lock.Lock(v3lock_pb2.LockRequest(name=b"lk2", lease=0x999))
+    )
+    rec.call("lock keys", lambda: s.kv.Range(rng("lk", "ll")))
+    rec.call("unlock", lambda: s.lock.Unlock(v3lock_pb2.UnlockRequest(key=b"lk/71")))
+    rec.call("unlock again", lambda: s.lock.Unlock(v3lock_pb2.UnlockRequest(key=b"lk/71")))
+    rec.call("leader none", lambda: s.election.Leader(v3election_pb2.LeaderRequest(name=b"el")))
+    rec.call(
+        "campaign",
+        lambda: s.election.Campaign(
+            v3election_pb2.CampaignRequest(name=b"el", lease=0x71, value=b"a")
+        ),
+    )
+    rec.call("leader", lambda: s.election.Leader(v3election_pb2.LeaderRequest(name=b"el")))
+    leader = v3election_pb2.LeaderKey(name=b"el", key=b"el/71", rev=0, lease=0x71)
+    rec.call(
+        "proclaim rev 0",
+        lambda: s.election.Proclaim(v3election_pb2.ProclaimRequest(leader=leader, value=b"b")),
+    )
+    rev = int(rec.entries[-2][1].get("kv", {}).get("create_revision", 0))
+    leader.rev = rev
+    rec.call(
+        "proclaim",
+        lambda: s.election.Proclaim(v3election_pb2.ProclaimRequest(leader=leader, value=b"b")),
+    )
+    rec.call(
+        "leader after proclaim", lambda: s.election.Leader(v3election_pb2.LeaderRequest(name=b"el"))
+    )
+    wrong = v3election_pb2.LeaderKey(name=b"el", key=b"el/72", rev=rev, lease=0x72)
+    rec.call(
+        "proclaim not leader",
+        lambda: s.election.Proclaim(v3election_pb2.ProclaimRequest(leader=wrong, value=b"c")),
+    )
+    rec.call(
+        "proclaim no leader field",
+        lambda: s.election.Proclaim(v3election_pb2.ProclaimRequest(value=b"c")),
+    )
+    rec.call("resign", lambda: s.election.Resign(v3election_pb2.ResignRequest(leader=leader)))
+    rec.call(
+        "leader after resign", lambda: s.election.Leader(v3election_pb2.LeaderRequest(name=b"el"))
+    )
+    rec.call("resign again", lambda: s.election.Resign(v3election_pb2.ResignRequest(leader=leader)))
+
+
+def scenario_watch_progress_and_ids(rec: Recorder) -> None:
+    kv = rec.s.kv
+    rec.call("put p", lambda: kv.Put(put("p", "1")))
+    ws = WatchStream(rec.s)
+    try:
+        for key in (b"p", b"q", b"p"):
+            ws.send(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=key)))
+            rec.note(f"create {key!r}", rec.normalise(ws.recv()))
+        ws.send(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+        rec.note("progress", rec.normalise(ws.recv()))
+        rec.call("put p 2", lambda: kv.Put(put("p", "2")))
+        got = sorted(
+            (r.watch_id, [rec.normalise(e) for e in r.events]) for r in (ws.recv(), ws.recv())
+        )
+        rec.note("two watchers of p", got)
+        ws.send(rpc_pb2.WatchRequest(cancel_request=rpc_pb2.WatchCancelRequest(watch_id=1)))
+        rec.note("cancel 1", rec.normalise(ws.recv()))
+        ws.send(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"r")))
+        rec.note("next id after a cancel", rec.normalise(ws.recv()))
+    finally:
+        ws.close()
+
+
 SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "txn_edge_cases": scenario_txn_edge_cases,
     "historical_ranges": scenario_historical_ranges,
     "watch_replay_across_compaction": scenario_watch_replay_across_compaction,
     "leases": scenario_leases,
     "errors": scenario_errors,
+    "lock_and_election": scenario_lock_and_election,
+    "watch_progress_and_ids": scenario_watch_progress_and_ids,
 }
 
 
@@ -429,9 +508,14 @@ def run_on(kind: str, tmp_path: pathlib.Path, scenario: Callable[[Recorder], Non
 
 
 def assert_same(expected: list[Any], got: list[Any], context: str) -> None:
-    for (label_e, want), (label_g, have) in zip(expected, got, strict=True):
-        assert label_e == label_g
-        assert have == want, f"{context}: step {label_e!r} differs"
+    """Every step equal; a failure lists every differing step (etcd's answer, then petra's)."""
+    assert [label for label, _ in got] == [label for label, _ in expected], context
+    diffs = [
+        f"  {label!r}:\n    want {want}\n    have {have}"
+        for (label, want), (_, have) in zip(expected, got, strict=True)
+        if have != want
+    ]
+    assert not diffs, f"{context}: {len(diffs)} steps differ\n" + "\n".join(diffs)
 
 
 # etcd's answers per scenario, computed once per session and shared by the tests.

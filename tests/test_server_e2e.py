@@ -200,3 +200,39 @@ def test_port_in_use_is_one_line_error(tmp_path: pathlib.Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.decode().strip().splitlines()
     assert lines[-1].startswith("petra: listen tcp 127.0.0.1:") and "in use" in lines[-1]
+
+
+def run_to_exit(node: Petra) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(node.args(), cwd=ROOT, env=env, capture_output=True, timeout=60)
+
+
+def last_line(done: subprocess.CompletedProcess[bytes]) -> str:
+    return done.stderr.decode().strip().splitlines()[-1]
+
+
+def test_unusable_data_dir_is_one_line_error(tmp_path: pathlib.Path) -> None:
+    """A data dir that cannot be created (a file is in the way) ends with exit 1, one line."""
+    (tmp_path / "file").write_bytes(b"")
+    node = Petra(tmp_path)
+    node.data_dir = tmp_path / "file" / "data"
+    done = run_to_exit(node)
+    assert done.returncode == 1
+    assert last_line(done).startswith("petra: cannot access data directory")
+
+
+def test_data_dir_of_another_cluster_or_in_use(tmp_path: pathlib.Path) -> None:
+    """A data dir written with another cluster token is refused; so is one a live node holds."""
+    node = Petra(tmp_path).start()
+    try:
+        second = Petra(tmp_path)
+        second.data_dir = node.data_dir
+        done = run_to_exit(second)
+        assert done.returncode == 1 and "locked" in last_line(done), done.stderr
+    finally:
+        assert node.stop() == 0
+    other = Petra(tmp_path, "--initial-cluster-token", "another")
+    other.data_dir = node.data_dir
+    done = run_to_exit(other)
+    assert done.returncode == 1
+    assert "belongs to cluster" in last_line(done), done.stderr

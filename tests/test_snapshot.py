@@ -8,6 +8,9 @@ import hashlib
 import os
 import pathlib
 import random
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -215,3 +218,38 @@ def test_snapshot_file_bit_flips_never_load(tmp_path) -> None:
         path.write_bytes(bytes(damaged))
         assert snaps.load() is None, f"seed {seed} trial {trial} offset {offset}"
         pathlib.Path(str(path) + ".broken").rename(path)
+
+
+CHILD = """
+import sys
+from snapshot import Snapshotter
+snaps = Snapshotter(sys.argv[1])
+for i in range(1, 50):
+    snaps.save(1, i, b"snap %d " % i * 100)
+    print(i, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "snapshot.before_save",
+        "snapshot.before_fsync",
+        "snapshot.before_rename",
+        "snapshot.after_save",
+    ],
+)
+def test_kill_at_each_snapshot_failpoint(tmp_path, point: str) -> None:
+    """A child saving snapshots is SIGKILLed at the 3rd hit of each point; load() then gives
+    the last snapshot it reported, or the one it was writing, intact."""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root), PETRA_FAILPOINTS=f"{point}:kill@3")
+    d = str(tmp_path / "snap")
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, d], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    reported = max(map(int, child.stdout.split()))
+    got = Snapshotter(d).load()
+    assert got is not None and got[1] in (reported, reported + 1)
+    assert got[2] == b"snap %d " % got[1] * 100

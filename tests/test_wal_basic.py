@@ -13,6 +13,7 @@ from wal import WAL, Entry, HardState, SnapshotMarker, errors, failpoints
 from wal.wal import parse_segment_name, segment_name
 
 META = b"node=1,cluster=9"
+SEG = 1 << 16  # small segments: the tests need no 64 MiB preallocation
 
 
 def entries(first: int, count: int, term: int = 1, size: int = 30) -> list[Entry]:
@@ -22,8 +23,8 @@ def entries(first: int, count: int, term: int = 1, size: int = 30) -> list[Entry
 def test_create_then_open_is_empty(tmp_path) -> None:
     """A new log opens from marker (0, 0) with its metadata, a zero hard state, no entries."""
     d = str(tmp_path / "wal")
-    WAL.create(d, META).close()
-    wal, meta, hs, ents = WAL.open(d, SnapshotMarker(0, 0))
+    WAL.create(d, META, segment_bytes=SEG).close()
+    wal, meta, hs, ents = WAL.open(d, SnapshotMarker(0, 0), segment_bytes=SEG)
     wal.close()
     assert (meta, hs, ents) == (META, HardState(), [])
     assert segment_name(0, 0) in os.listdir(d)
@@ -32,9 +33,9 @@ def test_create_then_open_is_empty(tmp_path) -> None:
 def test_create_refuses_existing_dir(tmp_path) -> None:
     """create never overwrites: an existing directory is an error."""
     d = str(tmp_path / "wal")
-    WAL.create(d, META).close()
+    WAL.create(d, META, segment_bytes=SEG).close()
     with pytest.raises(errors.ExistsError):
-        WAL.create(d, META)
+        WAL.create(d, META, segment_bytes=SEG)
 
 
 def test_round_trip(tmp_path) -> None:
@@ -64,11 +65,11 @@ def test_round_trip(tmp_path) -> None:
 def test_truncation_replaces_tail(tmp_path) -> None:
     """A later entry at index i replaces the entries from i on, as Raft overwrites a log."""
     d = str(tmp_path / "wal")
-    wal = WAL.create(d, META)
+    wal = WAL.create(d, META, segment_bytes=SEG)
     wal.save(None, entries(1, 10, term=1), sync=True)
     wal.save(None, entries(6, 2, term=2), sync=True)
     wal.close()
-    reopened, _, _, got = WAL.open(d, SnapshotMarker(0, 0))
+    reopened, _, _, got = WAL.open(d, SnapshotMarker(0, 0), segment_bytes=SEG)
     reopened.close()
     assert [(e.index, e.term) for e in got] == [(i, 1) for i in range(1, 6)] + [(6, 2), (7, 2)]
 
@@ -85,9 +86,9 @@ def test_open_from_marker(tmp_path) -> None:
     wal.close()
     assert [e.index for e in got] == list(range(21, 51)) and hs == HardState(1, 1, 40)
     with pytest.raises(errors.SnapshotMismatchError):
-        WAL.open(d, SnapshotMarker(20, 2))
+        WAL.open(d, SnapshotMarker(20, 2), segment_bytes=SEG)
     with pytest.raises(errors.SnapshotNotFoundError):
-        WAL.open(d, SnapshotMarker(30, 1))
+        WAL.open(d, SnapshotMarker(30, 1), segment_bytes=SEG)
 
 
 def test_segments_are_named_and_preallocated(tmp_path) -> None:
@@ -133,11 +134,11 @@ def test_release_keeps_newest(tmp_path) -> None:
 def test_lock_keeps_second_opener_out(tmp_path) -> None:
     """While a WAL is open, a second open of the same directory fails; after close it works."""
     d = str(tmp_path / "wal")
-    wal = WAL.create(d, META)
+    wal = WAL.create(d, META, segment_bytes=SEG)
     with pytest.raises(errors.LockedError):
-        WAL.open(d, SnapshotMarker(0, 0))
+        WAL.open(d, SnapshotMarker(0, 0), segment_bytes=SEG)
     wal.close()
-    WAL.open(d, SnapshotMarker(0, 0))[0].close()
+    WAL.open(d, SnapshotMarker(0, 0), segment_bytes=SEG)[0].close()
 
 
 def test_sync_only_when_asked() -> None:
@@ -208,3 +209,28 @@ def test_failpoint_panic_and_counting() -> None:
     finally:
         failpoints.disarm_all()
     assert failpoints.armed is None
+
+
+def test_gap_in_entries_is_refused(tmp_path) -> None:
+    """An entry that skips an index cannot come from Raft: the log is refused, naming where."""
+    d = str(tmp_path / "wal")
+    wal = WAL.create(d, META, segment_bytes=SEG)
+    wal.save(None, entries(1, 3), sync=True)
+    wal.save(None, entries(5, 1), sync=True)
+    wal.close()
+    with pytest.raises(errors.CorruptionError, match="entry 5 leaves a gap after 3"):
+        WAL.open(d, SnapshotMarker(0, 0), segment_bytes=SEG)
+
+
+def test_rewrite_at_or_below_marker_clears_later_entries(tmp_path) -> None:
+    """Entries 1-4 (term 1), then index 2 rewritten (term 2), snapshot at (2, 2): the stale
+    entries 3 and 4 of term 1 must not come back after the marker."""
+    d = str(tmp_path / "wal")
+    wal = WAL.create(d, META, segment_bytes=SEG)
+    wal.save(None, entries(1, 4, term=1), sync=True)
+    wal.save(HardState(2, 1, 2), entries(2, 1, term=2), sync=True)
+    wal.save_snapshot(SnapshotMarker(2, 2))
+    wal.close()
+    wal, _, hs, got = WAL.open(d, SnapshotMarker(2, 2), segment_bytes=SEG)
+    wal.close()
+    assert got == [] and hs == HardState(2, 1, 2)

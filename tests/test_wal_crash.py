@@ -196,7 +196,7 @@ def test_crash_points_keep_synced_records() -> None:
 def test_crash_points_keep_synced_records_long() -> None:
     """The same over 20,000+ crash points."""
     crashes = 0
-    for seed in range(10_000, 14_000):
+    for seed in range(10_000, 18_000):
         try:
             crashes += crash_run(seed, cycles=6)[0]
         except BaseException:

@@ -12,6 +12,7 @@ what tells a torn tail from corruption (see `wal.wal`).
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -20,6 +21,25 @@ import crcmod.predefined
 
 _crc32c: Callable[[Any, int], int] = crcmod.predefined.mkCrcFun("crc-32c")
 crc32c = _crc32c
+# The C routine behind crcmod's Python wrapper, called directly on the hot paths: it works on
+# the raw register, so crc32c(data, prev) == _raw(data, prev ^ _XOR, _TABLE) ^ _XOR.
+_, _TABLE, _raw = _crc32c.__defaults__  # type: ignore[misc]
+_XOR = 0xFFFFFFFF
+# False means crcmod fell back to pure Python: correct, but replay and encoding get ~50x slower.
+USING_C_CRC: bool = getattr(sys.modules.get("crcmod.crcmod"), "_usingExtension", False)
+
+# Optional: google-crc32c computes CRC-32C with the CPU's crc32 instruction, 2-3x cheaper per
+# 300-byte frame than crcmod's table. Used when installed; the results are identical.
+_hw_extend: Callable[[int, bytes], int] | None
+try:
+    from google_crc32c import _crc32c as _hw  # type: ignore[import-not-found, unused-ignore]
+
+    _hw_extend = _hw.extend
+    assert _hw_extend(0, b"123456789") == 0xE3069283
+except ImportError:
+    _hw_extend = None
+CRC_IMPLEMENTATION = "google-crc32c" if _hw_extend else ("crcmod C" if USING_C_CRC else "python")
+assert crc32c(b"123456789", 0) == 0xE3069283 == _raw(b"123456789", _XOR, _TABLE) ^ _XOR
 
 RECORD_METADATA = 1
 RECORD_ENTRY = 2
@@ -43,6 +63,8 @@ HEADER_TAIL = struct.Struct("<IIBBHQ")
 CRC_FIELD = struct.Struct("<I")
 # An entry's header tail and fixed body, packed at once: the encoder's hot path.
 ENTRY_HEAD = struct.Struct("<IIBBHQQQI4x")
+# A whole entry frame's fixed part, unpacked at once: the reader's hot path.
+ENTRY_FRAME = struct.Struct("<IIIBBHQQQI4x")
 ENTRY_BODY = struct.Struct("<QQI4x")
 STATE_BODY = struct.Struct("<QQQ")
 SNAPSHOT_BODY = struct.Struct("<QQ")
@@ -53,8 +75,12 @@ assert HEADER.size == HEADER_BYTES
 assert ENTRY_BODY.size == 24 and ENTRY_HEAD.size == HEADER_BYTES - 4 + ENTRY_BODY.size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Entry:
+    """A log entry; treat it as immutable. Not `frozen=True`: replay builds hundreds of
+    thousands a second, and a frozen dataclass takes 3x as long to build (0.76 vs 0.25 us,
+    measured; a NamedTuple takes 0.70)."""
+
     index: int
     term: int
     type: int
@@ -118,22 +144,24 @@ def encode_entries(
     pack_head = ENTRY_HEAD.pack
     pack_crc = CRC_FIELD.pack
     append = out.append
+    raw, table, xor, hw = _raw, _TABLE, _XOR, _hw_extend
     crc = prev_crc
     for e in entries:
         data = e.data
         n = 24 + len(data)
         pad = -n & 7
-        head = pack_head(
-            crc, n | pad << PAD_SHIFT, RECORD_ENTRY, 0, MAGIC, synced_bytes, e.index, e.term, e.type
-        )
-        crc = crc32c(data, crc32c(head, crc))
+        rest = (
+            pack_head(
+                crc, n | pad << PAD_SHIFT, RECORD_ENTRY, 0, MAGIC, synced_bytes,
+                e.index, e.term, e.type,
+            )
+            + data
+        )  # fmt: skip
         if pad:
-            crc = crc32c(ZEROES[pad], crc)
+            rest += ZEROES[pad]
+        crc = hw(crc, rest) if hw else raw(rest, crc ^ xor, table) ^ xor
         append(pack_crc(crc))
-        append(head)
-        append(data)
-        if pad:
-            append(ZEROES[pad])
+        append(rest)
     return crc
 
 
@@ -213,7 +241,8 @@ def scan_segment(buf: bytes, start_crc: int | None) -> Scan:
     """Reads frames from offset 0 until EOF, an all-zero header, or a bad frame.
 
     `start_crc` is the chain value the segment must continue (None: take it from the first
-    frame, for the oldest segment read).
+    frame, for the oldest segment read). The loop is replay's hot path: one unpack, one CRC
+    call and one tuple per entry.
     """
     records: list[tuple[int, Any, int]] = []
     append = records.append
@@ -222,17 +251,23 @@ def scan_segment(buf: bytes, start_crc: int | None) -> Scan:
     offset = 0
     chain = start_crc
     unpack_header = HEADER.unpack_from
-    unpack_entry = ENTRY_BODY.unpack_from
+    unpack_frame = ENTRY_FRAME.unpack_from
+    frame_fixed = ENTRY_FRAME.size
+    raw, table, xor, hw = _raw, _TABLE, _XOR, _hw_extend
     while offset + HEADER_BYTES <= size:
-        crc, prev, word, rtype, reserved, magic, synced = unpack_header(buf, offset)
+        if offset + frame_fixed <= size:
+            crc, prev, word, rtype, reserved, magic, synced, e_index, e_term, e_type = unpack_frame(
+                buf, offset
+            )
+        else:
+            crc, prev, word, rtype, reserved, magic, synced = unpack_header(buf, offset)
         if magic != MAGIC and crc == 0 and prev == 0 and word == 0 and synced == 0:
             if buf.count(0, offset) == size - offset:
                 return Scan(records, offset, _chain(chain), None)
             reason = "zeroed frame header followed by data"
             return Scan(records, offset, _chain(chain), BadFrame(offset, reason))
         n = word & LENGTH_MASK
-        body = offset + HEADER_BYTES
-        end = body + n + (-n & 7)
+        end = offset + HEADER_BYTES + n + (-n & 7)
         if (
             magic != MAGIC
             or reserved != 0
@@ -240,16 +275,22 @@ def scan_segment(buf: bytes, start_crc: int | None) -> Scan:
             or rtype not in RECORD_TYPES
             or end > size
             or synced > offset
-            or crc32c(view[offset + 4 : end], prev) != crc
+            or (
+                hw(prev, buf[offset + 4 : end])
+                if hw
+                else raw(view[offset + 4 : end], prev ^ xor, table) ^ xor
+            )
+            != crc
         ):
             checked = check_frame(buf, offset)
             why = checked if isinstance(checked, str) else "bad frame"
             return Scan(records, offset, _chain(chain), BadFrame(offset, why))
         if chain is not None and prev != chain:
             return Scan(records, offset, chain, BadFrame(offset, "CRC chain broken"))
-        if rtype == RECORD_ENTRY:
-            index, term, etype = unpack_entry(buf, body)
-            append((rtype, Entry(index, term, etype, buf[body + 24 : body + n]), offset))
+        body = offset + HEADER_BYTES
+        if rtype == RECORD_ENTRY and n >= 24:
+            data = buf[body + 24 : body + n]
+            append((rtype, Entry(e_index, e_term, e_type, data), offset))
         else:
             try:
                 value = decode_body(rtype, buf[body : body + n])

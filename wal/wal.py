@@ -144,9 +144,11 @@ class WAL:
         finally:
             f.close()
         fs.sync_dir(tmp)
-        failpoints.hit("wal.before_rename")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.before_rename")
         fs.rename(tmp, dir)
-        failpoints.hit("wal.after_rename")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.after_rename")
         fs.sync_dir(os.path.dirname(dir) or ".")
         wal, _, _, _ = cls.open(dir, SnapshotMarker(0, 0), fs=fs, segment_bytes=segment_bytes)
         return wal
@@ -252,13 +254,15 @@ class WAL:
     def save_snapshot(self, marker: SnapshotMarker) -> None:
         """Appends a snapshot marker and fsyncs: the log may now be opened from it."""
         self._check_usable()
-        failpoints.hit("wal.before_save_snapshot")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.before_save_snapshot")
         out: list[bytes] = []
         crc = encode_snapshot(out, marker, self._crc, self._synced)
         self._write(b"".join(out), crc)
         self._last_index = max(self._last_index, marker.index)
         self._sync()
-        failpoints.hit("wal.after_save_snapshot")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.after_save_snapshot")
         if self._offset >= self._segment_bytes:
             self._cut()
 
@@ -267,25 +271,29 @@ class WAL:
         self._sync()
 
     def _write(self, buf: bytes, crc: int) -> None:
-        failpoints.hit("wal.before_write")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.before_write")
         try:
             self._file.pwrite(buf, self._offset)
         except OSError as exc:
             self._fail(exc, "write")
         self._offset += len(buf)
         self._crc = crc
-        failpoints.hit("wal.after_write")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.after_write")
 
     def _sync(self) -> None:
         if self._synced == self._offset:
             return
-        failpoints.hit("wal.before_fsync")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.before_fsync")
         try:
             self._file.datasync()
         except OSError as exc:
             self._fail(exc, "fdatasync")
         self._synced = self._offset
-        failpoints.hit("wal.after_fsync")
+        if failpoints.armed is not None:
+            failpoints.hit("wal.after_fsync")
 
     def _fail(self, exc: OSError, what: str) -> None:
         # A failed fsync may have dropped dirty pages: the file no longer holds what we think.
@@ -321,9 +329,11 @@ class WAL:
             f.allocate(self._segment_bytes)
             f.pwrite(header, 0)
             f.datasync()
-            failpoints.hit("wal.before_rename")
+            if failpoints.armed is not None:
+                failpoints.hit("wal.before_rename")
             self._fs.rename(tmp, os.path.join(self._dir, segment_name(seq, first)))
-            failpoints.hit("wal.after_rename")
+            if failpoints.armed is not None:
+                failpoints.hit("wal.after_rename")
             self._fs.sync_dir(self._dir)
         except OSError as exc:
             f.close()
@@ -404,21 +414,25 @@ class _Replay:
     def apply(self, path: str, records: list[tuple[int, Any, int]]) -> None:
         base = self.marker.index
         entries = self.entries
+        append = entries.append
+        expected = base + len(entries) + 1  # the index that simply extends the log
         for rtype, value, offset in records:
             if rtype == RECORD_ENTRY:
-                if value.index <= base:
+                index = value.index
+                if index == expected:  # the common case, kept cheap: replay's hot loop
+                    append(value)
+                    expected += 1
+                    continue
+                if index <= base:
                     # Rewritten at or below the marker: whatever came after it is gone.
                     entries.clear()
-                    continue
-                position = value.index - base - 1
-                if position == len(entries):
-                    entries.append(value)
-                elif position < len(entries):
-                    del entries[position:]  # a later entry at index i replaces i onwards
-                    entries.append(value)
+                elif index < expected:
+                    del entries[index - base - 1 :]  # a later entry at index i replaces i on
+                    append(value)
                 else:
-                    gap = f"entry {value.index} leaves a gap after {base + len(entries)}"
+                    gap = f"entry {index} leaves a gap after {expected - 1}"
                     raise errors.CorruptionError(path, offset, gap)
+                expected = base + len(entries) + 1
             elif rtype == RECORD_STATE:
                 self.hard_state = value
             elif rtype == RECORD_SNAPSHOT:
