@@ -68,14 +68,17 @@ class Recovery:
 @dataclass(slots=True)
 class History:
     """Everything recorded. `watched` is the resuming watcher's stream of events in delivery
-    order; `audit` is every event of the prefix from revision 1, read once at the end;
+    order; `audit` is every event of the prefix from revision 1, read once at the end by Range
+    (not by Watch);
     `point_reads` maps (key, revision) to (value, mod_revision) from a Range at that revision
     (None when the key had no value there); `final` is the last linearizable Range."""
 
     writes: list[Write] = field(default_factory=list)
     watched: list[Event] = field(default_factory=list)
     watch_start_revision: int = 1
+    watch_supported: bool = True  # False: the endpoint answered Watch with UNIMPLEMENTED
     watch_resumes: int = 0
+    watch_errors: dict[str, int] = field(default_factory=dict)  # stream failures, by code
     audit: list[Event] = field(default_factory=list)
     point_reads: dict[tuple[bytes, int], tuple[bytes, int] | None] = field(default_factory=dict)
     final: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)

@@ -8,7 +8,8 @@ Checks, each reported separately (as etcd's robustness tests do):
 - monotonic: a response never shows a lower revision than one that finished before its
   request started; a restart never goes below the highest acknowledged revision;
 - final state: the last Range equals the last event of each key in the history;
-- watch: the resuming watcher delivered exactly the audited events from its start revision
+- watch: a Watch that worked never answers UNIMPLEMENTED later (e.g. while restarting);
+  the resuming watcher delivered exactly the audited events from its start revision
   up to its last, each once (unique), none missing (reliable), in revision order (ordered).
 """
 
@@ -33,6 +34,7 @@ class Verdict:
     watch_duplicates: int = 0
     watch_missed: int = 0
     watch_out_of_order: int = 0
+    watch_checked: bool = True
     problems: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -47,7 +49,9 @@ class Verdict:
             f"acknowledged {self.acknowledged}, verified {self.verified}, lost {self.lost}",
             f"unacknowledged: applied {self.unacked_applied}, absent {self.unacked_absent}",
             f"watch: {self.watch_events} events, duplicates {self.watch_duplicates}, "
-            f"missed {self.watch_missed}, out of order {self.watch_out_of_order}",
+            f"missed {self.watch_missed}, out of order {self.watch_out_of_order}"
+            if self.watch_checked
+            else "watch: not checked (the endpoint does not implement Watch)",
         ]
         for kind, msgs in sorted(self.problems.items()):
             lines.append(f"FAIL {kind}: {len(msgs)}")
@@ -207,6 +211,15 @@ def _check_final(h: History, v: Verdict) -> None:
 
 
 def _check_watch(h: History, v: Verdict) -> None:
+    if not h.watch_supported:
+        v.watch_checked = False
+        return
+    if h.watch_errors.get("UNIMPLEMENTED"):
+        v.add(
+            "watch-unimplemented",
+            f"Watch answered UNIMPLEMENTED {h.watch_errors['UNIMPLEMENTED']}"
+            " times after it had worked (a client treats that as fatal, not as retryable)",
+        )
     got = h.watched
     v.watch_events = len(got)
     if not got:

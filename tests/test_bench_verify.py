@@ -139,3 +139,16 @@ def test_final_state_mismatch_is_reported() -> None:
     h.final[b"a"] = (b"1", 2)
     v = verify(h)
     assert list(v.problems) == ["final-state"]
+
+
+def test_watch_unimplemented_after_it_worked_is_reported() -> None:
+    """A Watch that delivered events and later answered UNIMPLEMENTED (say, during a
+    restart) is a fault; an endpoint without Watch at all is noted, not failed."""
+    h = good_history()
+    h.watch_errors = {"UNIMPLEMENTED": 2, "UNAVAILABLE": 5}
+    v = verify(h)
+    assert list(v.problems) == ["watch-unimplemented"]
+    h = good_history()
+    h.watched, h.watch_supported = [], False
+    v = verify(h)
+    assert v.ok and not v.watch_checked and "not checked" in v.summary()
