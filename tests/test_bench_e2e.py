@@ -200,3 +200,15 @@ def test_put_load_against_petra(tmp_path: Path) -> None:
 @needs_petra
 def test_crash_mode_against_petra(tmp_path: Path) -> None:
     crash_run(make_server("petra", tmp_path), seed=11)
+
+
+@needs_etcd
+def test_rate_and_duration_bound_the_run(etcd: ServerProcess) -> None:
+    """--rate spaces request starts (60 puts at 300/s cannot finish in under 59/300 s), and
+    --duration stops issuing at the deadline."""
+    result = run_load(spec(etcd, "put", total=60, rate=300.0, procs=1))
+    s = result.summaries["put"]
+    assert s.count == 60 and s.total_s >= 59 / 300
+    result = run_load(spec(etcd, "put", duration_s=0.5, procs=1))
+    s = result.summaries["put"]
+    assert s.count > 0 and 0.45 <= s.total_s < 0.5 + 5.0
