@@ -39,8 +39,6 @@ def add_parsers(sub: Any) -> None:
     p.set_defaults(run=cmd_compare)
     c = sub.add_parser("ceiling", help="a do-nothing grpc.aio KV.Put server, measured")
     add_load_options(c, "put")
-    c.add_argument("--serve", action="store_true", help="run only the server (internal)")
-    c.add_argument("--port", type=int, default=0)
     c.set_defaults(run=cmd_ceiling)
 
 
@@ -166,41 +164,10 @@ def _point_json(p: Point) -> dict[str, Any]:
     }
 
 
-# ---- ceiling -------------------------------------------------------------------------------
-
-
-async def serve_ceiling(port: int, ready: Any = None) -> None:
-    """A grpc.aio server whose KV.Put decodes the request and answers a PutResponse with a
-    growing revision: what any Python gRPC server must do at least, and nothing more."""
-    from grpc import aio
-
-    from api.etcdserverpb import rpc_pb2 as pb
-    from api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-
-    class KV(pb_grpc.KVServicer):
-        revision = 1
-
-        async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:  # noqa: N802
-            KV.revision += 1
-            return pb.PutResponse(header=pb.ResponseHeader(revision=KV.revision))
-
-        async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:  # noqa: N802
-            return pb.RangeResponse(header=pb.ResponseHeader(revision=KV.revision))
-
-    server = aio.server()
-    pb_grpc.add_KVServicer_to_server(KV(), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"ceiling server on 127.0.0.1:{bound}", flush=True)
-    await server.wait_for_termination()
+# ---- ceiling: bench/server_ceiling.py (a KV servicer whose Put only returns a header) ----
 
 
 def cmd_ceiling(a: argparse.Namespace) -> int:
-    import asyncio
-
-    if a.serve:
-        asyncio.run(serve_ceiling(a.port))
-        return 0
     from bench.cli import print_result, spec_from_args
     from bench.load import run_load
     from bench.servers import ServerProcess, free_port
@@ -209,7 +176,7 @@ def cmd_ceiling(a: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="petra-bench-ceiling-") as tmp:
         server = ServerProcess(
             "ceiling",
-            [sys.executable, "-m", "bench.cli", "ceiling", "--serve", "--port", str(port)],
+            [sys.executable, "-m", "bench.server_ceiling", str(port)],
             Path(tmp),
             Path(tmp) / "ceiling.log",
             client_port=port,

@@ -131,6 +131,7 @@ async def watcher(client: Any, cfg: CrashConfig, rec: Recorder, stop: asyncio.Ev
 
     h = rec.history
     next_rev = h.watch_start_revision
+    streams = 0
     while not stop.is_set():
         call = client.watch()
         try:
@@ -138,8 +139,11 @@ async def watcher(client: Any, cfg: CrashConfig, rec: Recorder, stop: asyncio.Ev
                 key=cfg.prefix, range_end=prefix_end(cfg.prefix), start_revision=next_rev
             )
             await call.write(pb.WatchRequest(create_request=req))
+            streams += 1
             while not stop.is_set():
                 resp = await call.read()
+                if resp.created and streams > 1:
+                    h.watch_resumes += 1  # a new stream is up after a break
                 if resp.canceled:
                     raise RuntimeError(f"watch canceled: {resp.cancel_reason}")
                 for ev in resp.events:
@@ -151,7 +155,6 @@ async def watcher(client: Any, cfg: CrashConfig, rec: Recorder, stop: asyncio.Ev
                 h.watch_supported = False  # never worked: the endpoint has no Watch
                 return
             h.watch_errors[kind] = h.watch_errors.get(kind, 0) + 1
-            h.watch_resumes += 1
             await asyncio.sleep(RETRY_PAUSE_S)
         finally:
             call.cancel()

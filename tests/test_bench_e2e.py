@@ -155,6 +155,7 @@ def crash_run(server: ServerProcess, seed: int) -> None:
     assert v.ok, f"seed {seed}\n{v.summary()}"
     assert v.acknowledged > 50 and v.verified == v.acknowledged and v.lost == 0
     assert len(history.recoveries) == 2
+    assert history.watch_resumes >= 2  # one new stream after each restart at least
     assert all(r.recovery_s > 0 for r in history.recoveries)
     assert v.watch_events >= v.acknowledged
 
@@ -212,3 +213,10 @@ def test_rate_and_duration_bound_the_run(etcd: ServerProcess) -> None:
     result = run_load(spec(etcd, "put", duration_s=0.5, procs=1))
     s = result.summaries["put"]
     assert s.count > 0 and 0.45 <= s.total_s < 0.5 + 5.0
+
+
+@needs_etcd
+def test_target_leader_skips_dead_endpoints(etcd: ServerProcess) -> None:
+    """--target-leader asks each endpoint's Status; a dead one is skipped, the leader kept."""
+    dead = f"127.0.0.1:{free_port()}"
+    assert cli.leader_endpoint((dead, etcd.endpoint)) == etcd.endpoint
