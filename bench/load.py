@@ -496,7 +496,7 @@ def _collect(
             if not any(p.is_alive() for p in procs) and out.empty():
                 break
         bar.update(sum(progress[:]))
-    bar.finish()
+    bar.finish(sum(progress[:]))
     missing = len(procs) - len(results)
     if missing:
         results.append(WorkerResult(-1, {}, {}, 0, 0, failure=f"{missing} workers died"))

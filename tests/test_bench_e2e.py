@@ -220,3 +220,21 @@ def test_target_leader_skips_dead_endpoints(etcd: ServerProcess) -> None:
     """--target-leader asks each endpoint's Status; a dead one is skipped, the leader kept."""
     dead = f"127.0.0.1:{free_port()}"
     assert cli.leader_endpoint((dead, etcd.endpoint)) == etcd.endpoint
+
+
+@pytest.mark.slow
+@needs_etcd
+def test_crash_soak_etcd(tmp_path: Path) -> None:
+    """Ten kill -9 cycles with longer load between them (slow: about a minute)."""
+    cfg = CrashConfig(cycles=10, writers=8, keys=50, seed=101)
+    v = verify(asyncio.run(run_crash(make_server("etcd", tmp_path), cfg)))
+    assert v.ok and v.lost == 0 and v.acknowledged > 1000, f"seed 101\n{v.summary()}"
+
+
+@pytest.mark.slow
+@needs_petra
+def test_crash_soak_petra(tmp_path: Path) -> None:
+    """The same soak against petra."""
+    cfg = CrashConfig(cycles=10, writers=8, keys=50, seed=101)
+    v = verify(asyncio.run(run_crash(make_server("petra", tmp_path), cfg)))
+    assert v.ok and v.lost == 0 and v.acknowledged > 300, f"seed 101\n{v.summary()}"
