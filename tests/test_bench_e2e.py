@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -238,3 +239,17 @@ def test_crash_soak_petra(tmp_path: Path) -> None:
     cfg = CrashConfig(cycles=10, writers=8, keys=50, seed=101)
     v = verify(asyncio.run(run_crash(make_server("petra", tmp_path), cfg)))
     assert v.ok and v.lost == 0 and v.acknowledged > 300, f"seed 101\n{v.summary()}"
+
+
+def test_crash_mode_catches_a_server_that_loses_writes(tmp_path: Path) -> None:
+    """Against tests/bench_fake_etcd.py, which keeps its data in memory only, one kill -9
+    must end in FAIL: acknowledged writes lost and the revision gone back."""
+    server = make_server(
+        "custom", tmp_path, [sys.executable, "-m", "tests.bench_fake_etcd", "{client_port}"]
+    )
+    cfg = CrashConfig(cycles=1, writers=4, keys=20, kill_after_min_s=0.3, kill_after_max_s=0.4,
+                      seed=5)  # fmt: skip
+    v = verify(asyncio.run(run_crash(server, cfg)))
+    assert not v.ok, f"seed 5\n{v.summary()}"
+    assert v.lost > 0 and v.verified < v.acknowledged
+    assert "lost" in v.problems and "revision-went-back" in v.problems
