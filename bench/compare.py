@@ -138,14 +138,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
             for proc in procs.values():
                 proc.stop()
     points = [medians(s, c, v) for (s, c), v in runs.items()]
-    print(f"workload {a.workload}, medians of {a.repeat} runs")
-    print(format_table(points, servers, clients))
     if a.json:
         import json
 
-        print(
-            json.dumps([p.__dict__ if hasattr(p, "__dict__") else _point_json(p) for p in points])
-        )
+        print(json.dumps([_point_json(p) for p in points], indent=2))
+    else:
+        print(f"workload {a.workload}, medians of {a.repeat} runs")
+        print(format_table(points, servers, clients))
     if a.plot:
         from bench.plot import plot_compare
 

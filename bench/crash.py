@@ -32,6 +32,7 @@ from bench.verify import verify
 OP_TIMEOUT_S = 5.0
 RETRY_PAUSE_S = 0.02  # between failed attempts while the server is down
 RECOVERY_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 0.25  # bounds how late a recovery can be noticed
 CATCH_UP_TIMEOUT_S = 20.0
 
 
@@ -168,7 +169,7 @@ async def wait_linearizable_read(client: Any, deadline_s: float) -> tuple[float,
     while True:
         t0 = time.monotonic()
         try:
-            resp = await client.kv.Range(req, timeout=0.5)
+            resp = await client.kv.Range(req, timeout=PROBE_TIMEOUT_S)
             return time.monotonic(), resp.header.revision
         except Exception:  # noqa: BLE001 - not up yet
             if time.monotonic() > deadline_s:
