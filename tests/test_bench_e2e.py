@@ -253,3 +253,17 @@ def test_crash_mode_catches_a_server_that_loses_writes(tmp_path: Path) -> None:
     assert not v.ok, f"seed 5\n{v.summary()}"
     assert v.lost > 0 and v.verified < v.acknowledged
     assert "lost" in v.problems and "revision-went-back" in v.problems
+
+
+@needs_etcd
+def test_txn_mixed_cli_defaults_read_the_written_keys(
+    etcd: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no KEY/END, txn-mixed reads [\\x00, \\xff) (bounded by --limit): valid requests
+    (no 'key is not provided' errors), reads and writes both reported."""
+    argv = ["txn-mixed", "--endpoints", etcd.endpoint, "--total", "80", "--clients", "4",
+            "--procs", "1", "--key-space-size", "50", "--json"]  # fmt: skip
+    assert cli.main(argv) == 0
+    series = json.loads(capsys.readouterr().out)["series"]
+    assert series["read"]["count"] + series["write"]["count"] == 80
+    assert series["read"]["errors"] == 0
