@@ -156,9 +156,12 @@ def crash_run(server: ServerProcess, seed: int) -> None:
     assert v.ok, f"seed {seed}\n{v.summary()}"
     assert v.acknowledged > 50 and v.verified == v.acknowledged and v.lost == 0
     assert len(history.recoveries) == 2
-    assert history.watch_resumes >= 2  # one new stream after each restart at least
     assert all(r.recovery_s > 0 for r in history.recoveries)
-    assert v.watch_events >= v.acknowledged
+    # etcd has Watch; a petra built without its Watch service is judged on the data alone.
+    assert history.watch_supported or server.kind == "petra"
+    if history.watch_supported:
+        assert v.watch_checked and v.watch_events >= v.acknowledged
+        assert history.watch_resumes >= 2  # one new stream after each restart at least
 
 
 @needs_etcd
