@@ -35,7 +35,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--workload", default="put", choices=("put", "range", "txn-put", "txn-mixed"))
     p.add_argument("--clients-list", "--clients-points", dest="clients_list", default="1,16,64,256")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--servers", default="petra,etcd", help="which servers to start")
+    p.add_argument("--servers", default="petra,etcd", help="petra, etcd and/or ceiling")
     p.set_defaults(run=cmd_compare)
     c = sub.add_parser("ceiling", help="a do-nothing grpc.aio KV.Put server, measured")
     add_load_options(c, "put")
@@ -97,6 +97,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from bench.servers import ServerError, etcd_available, make_server, petra_available
 
     wanted = [s for s in a.servers.split(",") if s]
+    unknown = set(wanted) - {"petra", "etcd", "ceiling"}
+    if unknown:
+        print(f"petra-bench: unknown servers {sorted(unknown)}", file=sys.stderr)
+        return 1
+    if "ceiling" in wanted and a.workload not in ("put", "range"):
+        print("petra-bench: the ceiling server answers only put and range", file=sys.stderr)
+        return 1
     servers = []
     for s in wanted:
         if s == "etcd" and not etcd_available():
@@ -169,17 +176,10 @@ def _point_json(p: Point) -> dict[str, Any]:
 def cmd_ceiling(a: argparse.Namespace) -> int:
     from bench.cli import print_result, spec_from_args
     from bench.load import run_load
-    from bench.servers import ServerProcess, free_port
+    from bench.servers import make_server
 
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="petra-bench-ceiling-") as tmp:
-        server = ServerProcess(
-            "ceiling",
-            [sys.executable, "-m", "bench.server_ceiling", str(port)],
-            Path(tmp),
-            Path(tmp) / "ceiling.log",
-            client_port=port,
-        )
+        server = make_server("ceiling", Path(tmp))
         server.start()
         try:
             server.wait_ready()

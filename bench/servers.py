@@ -158,7 +158,8 @@ ETCD_STYLE_TEMPLATE = [
 
 
 def make_server(kind: str, workdir: Path, command: list[str] | None = None) -> ServerProcess:
-    """A server of `kind` ('etcd', 'petra', or 'custom' with `command`) under workdir."""
+    """A server of `kind` under workdir: 'etcd', 'petra', 'ceiling' (the do-nothing KV
+    server of bench/server_ceiling.py), or 'custom' with `command`."""
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / f"{kind}.data"
     log_path = workdir / f"{kind}.log"
@@ -166,6 +167,8 @@ def make_server(kind: str, workdir: Path, command: list[str] | None = None) -> S
         cmd = ["etcd", *ETCD_STYLE_TEMPLATE]
     elif kind == "petra":
         cmd = [*petra_command(), *ETCD_STYLE_TEMPLATE]
+    elif kind == "ceiling":
+        cmd = [sys.executable, "-m", "bench.server_ceiling", "{client_port}"]
     else:
         if not command:
             raise ServerError("a custom server needs a command")
