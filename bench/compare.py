@@ -74,8 +74,11 @@ def format_table(points: list[Point], servers: list[str], clients: list[int]) ->
     head = f"{'clients':>8}"
     for s in servers:
         head += f" {s + ' req/s':>14} {s + ' p50 ms':>13} {s + ' p99 ms':>13}"
-    if "petra" in servers and "etcd" in servers:
-        head += f" {'petra/etcd':>11}"
+    ratios = [
+        (a, b) for a, b in (("petra", "etcd"), ("petra", "ceiling")) if {a, b} <= set(servers)
+    ]
+    for a, b in ratios:
+        head += f" {a + '/' + b:>13}"
     lines = [head]
     for c in clients:
         row = f"{c:>8}"
@@ -85,9 +88,9 @@ def format_table(points: list[Point], servers: list[str], clients: list[int]) ->
                 row += f" {'-':>14} {'-':>13} {'-':>13}"
             else:
                 row += f" {p.rps:>14.1f} {p.p50_s * 1e3:>13.2f} {p.p99_s * 1e3:>13.2f}"
-        pe, ee = by.get(("petra", c)), by.get(("etcd", c))
-        if pe and ee and ee.rps:
-            row += f" {pe.rps / ee.rps:>11.2f}"
+        for a, b in ratios:
+            pa, pb = by.get((a, c)), by.get((b, c))
+            row += f" {pa.rps / pb.rps:>13.2f}" if pa and pb and pb.rps else f" {'-':>13}"
         lines.append(row)
     return "\n".join(lines)
 
