@@ -104,8 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             argv = [sys.executable, "-m", "bench.server_ceiling", str(port)]
             server = ServerProcess("ceiling", argv, Path(tmp), Path(tmp) / "log", client_port=port)
-            server.start()
-            server.wait_ready()
+            server.launch()
             target = f"127.0.0.1:{port}"
         try:
             n, c = a.total, a.clients

@@ -124,9 +124,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         procs = {s: make_server(s, Path(tmp) / s) for s in servers}
         try:
             for proc in procs.values():
-                proc.start()
-            for proc in procs.values():
-                proc.wait_ready()
+                proc.launch()
             for c in clients:
                 for r in range(a.repeat):
                     for s in servers if r % 2 == 0 else reversed(servers):
@@ -183,9 +181,8 @@ def cmd_ceiling(a: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="petra-bench-ceiling-") as tmp:
         server = make_server("ceiling", Path(tmp))
-        server.start()
         try:
-            server.wait_ready()
+            server.launch()
             a.endpoints = server.endpoint
             a.target_leader = False
             result = run_load(spec_from_args(a, "put"))

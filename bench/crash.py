@@ -256,9 +256,8 @@ async def run_crash(server: ServerProcess, cfg: CrashConfig, out: Any = sys.stde
     from client import AsyncClient
 
     rec = Recorder()
-    server.start()
     try:
-        await asyncio.get_running_loop().run_in_executor(None, server.wait_ready)
+        await asyncio.get_running_loop().run_in_executor(None, server.launch)
         async with AsyncClient(server.endpoint) as wc, AsyncClient(server.endpoint) as probe:
             stop_writers, stop_watch = asyncio.Event(), asyncio.Event()
             clients = [AsyncClient(server.endpoint) for _ in range(min(cfg.writers, 4))]

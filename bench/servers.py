@@ -114,6 +114,20 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def launch(self, attempts: int = 3) -> float:
+        """First start: start and wait until ready; if the process died (say, a port taken
+        between free_port() and its bind), retry on new ports. Returns the ready time."""
+        for attempt in range(attempts):
+            self.start()
+            try:
+                return self.wait_ready()
+            except ServerError:
+                if self.alive() or attempt == attempts - 1:
+                    self.stop()
+                    raise
+                self.client_port, self.peer_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")

@@ -76,9 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory(prefix="petra-bench-vs-go-") as tmp:
         etcd = make_server("etcd", Path(tmp))
-        etcd.start()
         try:
-            etcd.wait_ready()
+            etcd.launch()
             for c in [int(x) for x in a.clients.split(",")]:
                 conns = min(c, a.conns_max)
                 total = a.total if c > 1 else max(1, a.total // 5)

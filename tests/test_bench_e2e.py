@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import replace
@@ -37,9 +38,8 @@ def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     if shutil.which("etcd") is None:
         pytest.skip("etcd is not installed")
     server = make_server("etcd", tmp_path_factory.mktemp("etcd"))
-    server.start()
     try:
-        server.wait_ready()
+        server.launch()
         yield server
     finally:
         server.stop()
@@ -193,9 +193,8 @@ def test_crash_cli_with_a_server_command(
 @needs_petra
 def test_put_load_against_petra(tmp_path: Path) -> None:
     server = make_server("petra", tmp_path)
-    server.start()
     try:
-        server.wait_ready()
+        server.launch()
         before = revision(server.endpoint)
         result = run_load(spec(server, "put", total=200))
         assert result.summaries["put"].count == 200
@@ -272,3 +271,19 @@ def test_txn_mixed_cli_defaults_read_the_written_keys(
     series = json.loads(capsys.readouterr().out)["series"]
     assert series["read"]["count"] + series["write"]["count"] == 80
     assert series["read"]["errors"] == 0
+
+
+def test_launch_moves_to_new_ports_when_one_is_taken(tmp_path: Path) -> None:
+    """A port taken between free_port() and the server's bind: launch() retries elsewhere."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        taken = blocker.getsockname()[1]
+        server = make_server("ceiling", tmp_path)
+        server.client_port = taken
+        try:
+            server.launch()
+            assert server.alive() and server.client_port != taken
+            assert revision(server.endpoint) >= 1
+        finally:
+            server.stop()
+        assert not server.alive()
