@@ -27,6 +27,7 @@ from typing import Any
 
 from bench.history import Event, History, Observation, Recovery, Write
 from bench.servers import ServerError, ServerProcess, make_server
+from bench.stats import median
 from bench.verify import verify
 
 OP_TIMEOUT_S = 5.0
@@ -320,7 +321,7 @@ def cmd_crash(a: argparse.Namespace) -> int:
         if times:
             print(
                 f"recovery (kill -> first linearizable read): min {min(times):.3f}s, "
-                f"max {max(times):.3f}s over {len(times)} cycles"
+                f"median {median(times):.3f}s, max {max(times):.3f}s over {len(times)} cycles"
             )
         print(f"watcher resumed {history.watch_resumes} times")
         print(verdict.summary())
