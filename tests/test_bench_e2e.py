@@ -287,3 +287,21 @@ def test_launch_moves_to_new_ports_when_one_is_taken(tmp_path: Path) -> None:
         finally:
             server.stop()
         assert not server.alive()
+
+
+@needs_etcd
+def test_text_reports_name_each_series(
+    etcd: ServerProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The text output: etcd's report for a single series; titled reports for the watch
+    workload (creation, events, puts); and the tool's own CPU line."""
+    assert cli.main(["put", "--endpoints", etcd.endpoint, "--total", "50", "--procs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("\nSummary:\n  Total:\t") and "Latency distribution:" in out
+    assert "petra-bench: 1 worker processes used" in out and "µs per request" in out
+    argv = ["watch-latency", "--endpoints", etcd.endpoint, "--streams", "2",
+            "--watch-per-stream", "2", "--put-total", "20", "--put-rate", "0"]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    for title in ("Watch creation summary:", "Watch events received summary:", "Put summary:"):
+        assert out.count(title) == 1, title
