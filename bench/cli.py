@@ -52,6 +52,8 @@ def add_load_options(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--watched-key-total", type=int, default=1)
     p.add_argument("--put-total", type=int, default=1000 if workload == "watch" else 10000)
     p.add_argument("--put-rate", type=float, default=0.0 if workload == "watch" else 100.0)
+    p.add_argument("--keepalive-stream", action="store_true",
+                   help="lease-keepalive: one long-lived stream per client")  # fmt: skip
     p.add_argument("--procs", type=int, default=0, help="worker processes (0: per core)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -93,6 +95,7 @@ def spec_from_args(a: argparse.Namespace, workload: str) -> LoadSpec:
         watched_key_total=a.watched_key_total,
         put_total=a.put_total,
         put_rate=a.put_rate,
+        keepalive_stream=a.keepalive_stream,
         seed=a.seed,
     )
     from bench.load import default_procs

@@ -106,6 +106,8 @@ def test_serializable_range_and_lease_keepalive(etcd: ServerProcess) -> None:
     assert result.summaries["range"].count == 200
     result = run_load(spec(etcd, "lease-keepalive", total=100))
     assert result.summaries["keepalive"].count == 100
+    result = run_load(spec(etcd, "lease-keepalive", total=100, keepalive_stream=True))
+    assert result.summaries["keepalive"].count == 100
 
 
 @needs_etcd
@@ -125,7 +127,7 @@ def test_watch_delivers_every_event(etcd: ServerProcess) -> None:
 
 def test_unreachable_endpoint_fails_clearly() -> None:
     s = LoadSpec("put", (f"127.0.0.1:{free_port()}",), procs=1, connect_timeout_s=0.5)
-    with pytest.raises(LoadError, match="worker failed"):
+    with pytest.raises(LoadError, match="worker failed: LoadError: cannot connect to 127.0.0.1:"):
         run_load(s)
 
 
