@@ -288,7 +288,11 @@ async def _wait_watcher(rec: Recorder, timeout_s: float) -> None:
     h = rec.history
     upto = max((m for _, m in h.final.values()), default=0)
     deadline = time.monotonic() + timeout_s
-    while (not h.watched or h.watched[-1].revision < upto) and time.monotonic() < deadline:
+    while (
+        h.watch_supported
+        and (not h.watched or h.watched[-1].revision < upto)
+        and time.monotonic() < deadline
+    ):
         await asyncio.sleep(0.02)
 
 
