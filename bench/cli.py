@@ -39,7 +39,8 @@ def add_load_options(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--consistency", choices=("l", "s"), default="l")
     p.add_argument("--txn-ops", type=int, default=1, help="puts per txn (txn-put)")
     p.add_argument("--rw-ratio", type=float, default=1.0, help="reads per write (txn-mixed)")
-    p.add_argument("--limit", type=int, default=0, help="range limit (range, txn-mixed)")
+    p.add_argument("--limit", type=int, default=1000 if workload == "txn-mixed" else 0,
+                   help="range limit (range, txn-mixed)")  # fmt: skip
     p.add_argument("--streams", type=int, default=10, help="watch streams")
     p.add_argument(
         "--watch-per-stream",
@@ -51,13 +52,17 @@ def add_load_options(p: argparse.ArgumentParser, workload: str) -> None:
     p.add_argument("--watched-key-total", type=int, default=1)
     p.add_argument("--put-total", type=int, default=1000 if workload == "watch" else 10000)
     p.add_argument("--put-rate", type=float, default=0.0 if workload == "watch" else 100.0)
+    p.add_argument("--keepalive-stream", action="store_true",
+                   help="lease-keepalive: one long-lived stream per client")  # fmt: skip
     p.add_argument("--procs", type=int, default=0, help="worker processes (0: per core)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--plot", metavar="FILE.png", help="latency histogram + throughput chart")
     if workload in ("range", "txn-mixed"):
-        p.add_argument("key", nargs="?", default="foo" if workload == "range" else "")
-        p.add_argument("end", nargs="?", default="")
+        # txn-mixed reads the keys it writes by default: benchmark keys are varints, so
+        # [\x00, \xff) holds them all (bounded by --limit).
+        p.add_argument("key", nargs="?", default=None)
+        p.add_argument("end", nargs="?", default=None)
 
 
 def spec_from_args(a: argparse.Namespace, workload: str) -> LoadSpec:
@@ -66,6 +71,7 @@ def spec_from_args(a: argparse.Namespace, workload: str) -> LoadSpec:
     endpoints = tuple(parse_endpoints(a.endpoints))
     if a.target_leader:
         endpoints = (leader_endpoint(endpoints),)
+    mixed = workload == "txn-mixed"
     spec = LoadSpec(
         workload=workload,
         endpoints=endpoints,
@@ -79,8 +85,8 @@ def spec_from_args(a: argparse.Namespace, workload: str) -> LoadSpec:
         key_space_size=a.key_space_size,
         sequential_keys=a.sequential_keys,
         serializable=a.consistency == "s",
-        range_key=getattr(a, "key", "foo").encode(),
-        range_end=getattr(a, "end", "").encode(),
+        range_key=_key_arg(getattr(a, "key", None), b"\x00" if mixed else b"foo"),
+        range_end=_key_arg(getattr(a, "end", None), b"\xff" if mixed else b""),
         range_limit=a.limit,
         txn_ops=a.txn_ops,
         rw_ratio=a.rw_ratio,
@@ -89,11 +95,16 @@ def spec_from_args(a: argparse.Namespace, workload: str) -> LoadSpec:
         watched_key_total=a.watched_key_total,
         put_total=a.put_total,
         put_rate=a.put_rate,
+        keepalive_stream=a.keepalive_stream,
         seed=a.seed,
     )
     from bench.load import default_procs
 
     return replace(spec, procs=a.procs or default_procs(spec))
+
+
+def _key_arg(text: str | None, default: bytes) -> bytes:
+    return default if text is None else text.encode()
 
 
 def leader_endpoint(endpoints: tuple[str, ...]) -> str:

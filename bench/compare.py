@@ -35,12 +35,10 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--workload", default="put", choices=("put", "range", "txn-put", "txn-mixed"))
     p.add_argument("--clients-list", "--clients-points", dest="clients_list", default="1,16,64,256")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--servers", default="petra,etcd", help="which servers to start")
+    p.add_argument("--servers", default="petra,etcd", help="petra, etcd and/or ceiling")
     p.set_defaults(run=cmd_compare)
     c = sub.add_parser("ceiling", help="a do-nothing grpc.aio KV.Put server, measured")
     add_load_options(c, "put")
-    c.add_argument("--serve", action="store_true", help="run only the server (internal)")
-    c.add_argument("--port", type=int, default=0)
     c.set_defaults(run=cmd_ceiling)
 
 
@@ -76,8 +74,11 @@ def format_table(points: list[Point], servers: list[str], clients: list[int]) ->
     head = f"{'clients':>8}"
     for s in servers:
         head += f" {s + ' req/s':>14} {s + ' p50 ms':>13} {s + ' p99 ms':>13}"
-    if "petra" in servers and "etcd" in servers:
-        head += f" {'petra/etcd':>11}"
+    ratios = [
+        (a, b) for a, b in (("petra", "etcd"), ("petra", "ceiling")) if {a, b} <= set(servers)
+    ]
+    for a, b in ratios:
+        head += f" {a + '/' + b:>13}"
     lines = [head]
     for c in clients:
         row = f"{c:>8}"
@@ -87,9 +88,9 @@ def format_table(points: list[Point], servers: list[str], clients: list[int]) ->
                 row += f" {'-':>14} {'-':>13} {'-':>13}"
             else:
                 row += f" {p.rps:>14.1f} {p.p50_s * 1e3:>13.2f} {p.p99_s * 1e3:>13.2f}"
-        pe, ee = by.get(("petra", c)), by.get(("etcd", c))
-        if pe and ee and ee.rps:
-            row += f" {pe.rps / ee.rps:>11.2f}"
+        for a, b in ratios:
+            pa, pb = by.get((a, c)), by.get((b, c))
+            row += f" {pa.rps / pb.rps:>13.2f}" if pa and pb and pb.rps else f" {'-':>13}"
         lines.append(row)
     return "\n".join(lines)
 
@@ -99,6 +100,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from bench.servers import ServerError, etcd_available, make_server, petra_available
 
     wanted = [s for s in a.servers.split(",") if s]
+    unknown = set(wanted) - {"petra", "etcd", "ceiling"}
+    if unknown:
+        print(f"petra-bench: unknown servers {sorted(unknown)}", file=sys.stderr)
+        return 1
+    if "ceiling" in wanted and a.workload not in ("put", "range"):
+        print("petra-bench: the ceiling server answers only put and range", file=sys.stderr)
+        return 1
     servers = []
     for s in wanted:
         if s == "etcd" and not etcd_available():
@@ -116,9 +124,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         procs = {s: make_server(s, Path(tmp) / s) for s in servers}
         try:
             for proc in procs.values():
-                proc.start()
-            for proc in procs.values():
-                proc.wait_ready()
+                proc.launch()
             for c in clients:
                 for r in range(a.repeat):
                     for s in servers if r % 2 == 0 else reversed(servers):
@@ -140,14 +146,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
             for proc in procs.values():
                 proc.stop()
     points = [medians(s, c, v) for (s, c), v in runs.items()]
-    print(f"workload {a.workload}, medians of {a.repeat} runs")
-    print(format_table(points, servers, clients))
     if a.json:
         import json
 
-        print(
-            json.dumps([p.__dict__ if hasattr(p, "__dict__") else _point_json(p) for p in points])
-        )
+        print(json.dumps([_point_json(p) for p in points], indent=2))
+    else:
+        print(f"workload {a.workload}, medians of {a.repeat} runs")
+        print(format_table(points, servers, clients))
     if a.plot:
         from bench.plot import plot_compare
 
@@ -166,57 +171,18 @@ def _point_json(p: Point) -> dict[str, Any]:
     }
 
 
-# ---- ceiling -------------------------------------------------------------------------------
-
-
-async def serve_ceiling(port: int, ready: Any = None) -> None:
-    """A grpc.aio server whose KV.Put decodes the request and answers a PutResponse with a
-    growing revision: what any Python gRPC server must do at least, and nothing more."""
-    from grpc import aio
-
-    from api.etcdserverpb import rpc_pb2 as pb
-    from api.etcdserverpb import rpc_pb2_grpc as pb_grpc
-
-    class KV(pb_grpc.KVServicer):
-        revision = 1
-
-        async def Put(self, request: pb.PutRequest, context: Any) -> pb.PutResponse:  # noqa: N802
-            KV.revision += 1
-            return pb.PutResponse(header=pb.ResponseHeader(revision=KV.revision))
-
-        async def Range(self, request: pb.RangeRequest, context: Any) -> pb.RangeResponse:  # noqa: N802
-            return pb.RangeResponse(header=pb.ResponseHeader(revision=KV.revision))
-
-    server = aio.server()
-    pb_grpc.add_KVServicer_to_server(KV(), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"ceiling server on 127.0.0.1:{bound}", flush=True)
-    await server.wait_for_termination()
+# ---- ceiling: bench/server_ceiling.py (a KV servicer whose Put only returns a header) ----
 
 
 def cmd_ceiling(a: argparse.Namespace) -> int:
-    import asyncio
-
-    if a.serve:
-        asyncio.run(serve_ceiling(a.port))
-        return 0
     from bench.cli import print_result, spec_from_args
     from bench.load import run_load
-    from bench.servers import ServerProcess, free_port
+    from bench.servers import make_server
 
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="petra-bench-ceiling-") as tmp:
-        server = ServerProcess(
-            "ceiling",
-            [sys.executable, "-m", "bench.cli", "ceiling", "--serve", "--port", str(port)],
-            Path(tmp),
-            Path(tmp) / "ceiling.log",
-            client_port=port,
-        )
-        server.start()
+        server = make_server("ceiling", Path(tmp))
         try:
-            server.wait_ready()
+            server.launch()
             a.endpoints = server.endpoint
             a.target_leader = False
             result = run_load(spec_from_args(a, "put"))

@@ -27,11 +27,13 @@ from typing import Any
 
 from bench.history import Event, History, Observation, Recovery, Write
 from bench.servers import ServerError, ServerProcess, make_server
+from bench.stats import median
 from bench.verify import verify
 
 OP_TIMEOUT_S = 5.0
 RETRY_PAUSE_S = 0.02  # between failed attempts while the server is down
 RECOVERY_TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 0.25  # bounds how late a recovery can be noticed
 CATCH_UP_TIMEOUT_S = 20.0
 
 
@@ -131,6 +133,7 @@ async def watcher(client: Any, cfg: CrashConfig, rec: Recorder, stop: asyncio.Ev
 
     h = rec.history
     next_rev = h.watch_start_revision
+    streams = 0
     while not stop.is_set():
         call = client.watch()
         try:
@@ -138,8 +141,11 @@ async def watcher(client: Any, cfg: CrashConfig, rec: Recorder, stop: asyncio.Ev
                 key=cfg.prefix, range_end=prefix_end(cfg.prefix), start_revision=next_rev
             )
             await call.write(pb.WatchRequest(create_request=req))
+            streams += 1
             while not stop.is_set():
                 resp = await call.read()
+                if resp.created and streams > 1:
+                    h.watch_resumes += 1  # a new stream is up after a break
                 if resp.canceled:
                     raise RuntimeError(f"watch canceled: {resp.cancel_reason}")
                 for ev in resp.events:
@@ -151,7 +157,6 @@ async def watcher(client: Any, cfg: CrashConfig, rec: Recorder, stop: asyncio.Ev
                 h.watch_supported = False  # never worked: the endpoint has no Watch
                 return
             h.watch_errors[kind] = h.watch_errors.get(kind, 0) + 1
-            h.watch_resumes += 1
             await asyncio.sleep(RETRY_PAUSE_S)
         finally:
             call.cancel()
@@ -165,7 +170,7 @@ async def wait_linearizable_read(client: Any, deadline_s: float) -> tuple[float,
     while True:
         t0 = time.monotonic()
         try:
-            resp = await client.kv.Range(req, timeout=0.5)
+            resp = await client.kv.Range(req, timeout=PROBE_TIMEOUT_S)
             return time.monotonic(), resp.header.revision
         except Exception:  # noqa: BLE001 - not up yet
             if time.monotonic() > deadline_s:
@@ -252,9 +257,8 @@ async def run_crash(server: ServerProcess, cfg: CrashConfig, out: Any = sys.stde
     from client import AsyncClient
 
     rec = Recorder()
-    server.start()
     try:
-        await asyncio.get_running_loop().run_in_executor(None, server.wait_ready)
+        await asyncio.get_running_loop().run_in_executor(None, server.launch)
         async with AsyncClient(server.endpoint) as wc, AsyncClient(server.endpoint) as probe:
             stop_writers, stop_watch = asyncio.Event(), asyncio.Event()
             clients = [AsyncClient(server.endpoint) for _ in range(min(cfg.writers, 4))]
@@ -284,7 +288,11 @@ async def _wait_watcher(rec: Recorder, timeout_s: float) -> None:
     h = rec.history
     upto = max((m for _, m in h.final.values()), default=0)
     deadline = time.monotonic() + timeout_s
-    while (not h.watched or h.watched[-1].revision < upto) and time.monotonic() < deadline:
+    while (
+        h.watch_supported
+        and (not h.watched or h.watched[-1].revision < upto)
+        and time.monotonic() < deadline
+    ):
         await asyncio.sleep(0.02)
 
 
@@ -317,7 +325,7 @@ def cmd_crash(a: argparse.Namespace) -> int:
         if times:
             print(
                 f"recovery (kill -> first linearizable read): min {min(times):.3f}s, "
-                f"max {max(times):.3f}s over {len(times)} cycles"
+                f"median {median(times):.3f}s, max {max(times):.3f}s over {len(times)} cycles"
             )
         print(f"watcher resumed {history.watch_resumes} times")
         print(verdict.summary())

@@ -77,7 +77,7 @@ class History:
     watched: list[Event] = field(default_factory=list)
     watch_start_revision: int = 1
     watch_supported: bool = True  # False: the endpoint answered Watch with UNIMPLEMENTED
-    watch_resumes: int = 0
+    watch_resumes: int = 0  # streams re-created (and confirmed) after a break
     watch_errors: dict[str, int] = field(default_factory=dict)  # stream failures, by code
     audit: list[Event] = field(default_factory=list)
     point_reads: dict[tuple[bytes, int], tuple[bytes, int] | None] = field(default_factory=dict)

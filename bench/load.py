@@ -246,34 +246,47 @@ async def _run_unary(share: LoadSpec, index: int, clients: list[Any], rec: Recor
 async def _run_lease_keepalive(
     share: LoadSpec, clients: list[Any], rec: Recorder, timeout_s: float
 ) -> None:
+    """Each client grants a lease (TTL lease_ttl_s), then times keepalive round trips: by
+    default each on a new LeaseKeepAlive stream, as etcd's tool does (clientv3's
+    KeepAliveOnce); with keepalive_stream, all on one long-lived stream per client."""
     from api.etcdserverpb import rpc_pb2 as pb
 
     deadline = time.perf_counter() + share.duration_s if share.duration_s > 0 else 0.0
     budget = Budget(share.total, deadline)
     pacer = Pacer(share.rate) if share.rate > 0 else None
+    s = rec.get("keepalive")
+    perf = time.perf_counter
+
+    async def round_trip(stream: Any, req: Any) -> None:
+        await asyncio.wait_for(stream.write(req), timeout_s)
+        await asyncio.wait_for(stream.read(), timeout_s)
 
     async def one(client: Any) -> None:
         lease = await client.lease_grant(share.lease_ttl_s)
         req = pb.LeaseKeepAliveRequest(ID=lease.ID)
-        stream = client.lease_keepalive()
-        s = rec.get("keepalive")
-        perf = time.perf_counter
+        shared = client.lease_keepalive() if share.keepalive_stream else None
         try:
             while budget.take():
                 if pacer is not None:
                     await pacer.wait()
                 t0 = perf()
+                stream = shared or client.lease_keepalive()
                 try:
-                    await asyncio.wait_for(stream.write(req), timeout_s)
-                    await asyncio.wait_for(stream.read(), timeout_s)
-                except Exception as err:  # noqa: BLE001 - counted; the stream is gone
+                    await round_trip(stream, req)
+                except Exception as err:  # noqa: BLE001 - counted by kind
                     rec.error(err)
-                    return
+                    if shared is not None:
+                        return  # the long-lived stream is gone
+                    continue
+                finally:
+                    if shared is None:
+                        stream.cancel()
                 s.starts.append(t0)
                 s.ends.append(perf())
                 rec.tick()
         finally:
-            stream.cancel()
+            if shared is not None:
+                shared.cancel()
 
     await asyncio.gather(*(one(clients[i % len(clients)]) for i in range(share.clients)))
 
@@ -401,12 +414,14 @@ async def _worker(spec: LoadSpec, index: int, barrier: Any, progress: Any) -> Wo
         AsyncClient(spec.endpoints[(index + i * spec.procs) % len(spec.endpoints)])
         for i in range(share.conns)
     ]
-    try:
-        for c in clients:
+    for c in clients:
+        try:
             await c.wait_ready(spec.connect_timeout_s)
-    except Exception:
-        barrier.abort()
-        raise
+        except Exception as err:
+            barrier.abort()
+            raise LoadError(
+                f"cannot connect to {c.target} within {spec.connect_timeout_s:g} s"
+            ) from err
     await asyncio.get_running_loop().run_in_executor(None, barrier.wait, BARRIER_TIMEOUT_S)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if share.workload in ("watch", "watch-latency"):
@@ -496,7 +511,7 @@ def _collect(
             if not any(p.is_alive() for p in procs) and out.empty():
                 break
         bar.update(sum(progress[:]))
-    bar.finish()
+    bar.finish(sum(progress[:]))
     missing = len(procs) - len(results)
     if missing:
         results.append(WorkerResult(-1, {}, {}, 0, 0, failure=f"{missing} workers died"))

@@ -97,7 +97,7 @@ def plot_load(result: Any, path: str) -> None:
 
 def plot_compare(points: list[Any], servers: list[str], clients: list[int], path: str) -> None:
     """Grouped bars: requests/s per client count, one color per server."""
-    c = Canvas(WIDTH, PANEL_HEIGHT + 40)
+    c = Canvas(WIDTH, PANEL_HEIGHT)
     peak = max((p.rps for p in points), default=0.0) or 1.0
     x0, y0, x1, y1 = _axes(c, 0, "requests/s by clients", "clients", peak, "", "")
     by = {(p.server, p.clients): p for p in points}

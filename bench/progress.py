@@ -25,11 +25,11 @@ class ProgressBar:
             return min(1.0, (time.monotonic() - self.t0) / self.duration_s)
         return 0.0
 
-    def update(self, done: int) -> None:
+    def update(self, done: int, force: bool = False) -> None:
         if not self.enabled:
             return
         now = time.monotonic()
-        if now - self.last_draw < 0.2:
+        if now - self.last_draw < 0.2 and not force:
             return
         self.last_draw = now
         f = self.fraction(done)
@@ -39,7 +39,9 @@ class ProgressBar:
         sys.stderr.write(line + f"{f:6.1%} {elapsed:5.1f}s")
         sys.stderr.flush()
 
-    def finish(self) -> None:
+    def finish(self, done: int) -> None:
+        """Draws the final count and ends the line."""
         if self.enabled:
+            self.update(done, force=True)
             sys.stderr.write("\n")
             sys.stderr.flush()

@@ -114,6 +114,20 @@ class ServerProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def launch(self, attempts: int = 3) -> float:
+        """First start: start and wait until ready; if the process died (say, a port taken
+        between free_port() and its bind), retry on new ports. Returns the ready time."""
+        for attempt in range(attempts):
+            self.start()
+            try:
+                return self.wait_ready()
+            except ServerError:
+                if self.alive() or attempt == attempts - 1:
+                    self.stop()
+                    raise
+                self.client_port, self.peer_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             text = self.log_path.read_text(errors="replace")
@@ -158,7 +172,8 @@ ETCD_STYLE_TEMPLATE = [
 
 
 def make_server(kind: str, workdir: Path, command: list[str] | None = None) -> ServerProcess:
-    """A server of `kind` ('etcd', 'petra', or 'custom' with `command`) under workdir."""
+    """A server of `kind` under workdir: 'etcd', 'petra', 'ceiling' (the do-nothing KV
+    server of bench/server_ceiling.py), or 'custom' with `command`."""
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / f"{kind}.data"
     log_path = workdir / f"{kind}.log"
@@ -166,6 +181,8 @@ def make_server(kind: str, workdir: Path, command: list[str] | None = None) -> S
         cmd = ["etcd", *ETCD_STYLE_TEMPLATE]
     elif kind == "petra":
         cmd = [*petra_command(), *ETCD_STYLE_TEMPLATE]
+    elif kind == "ceiling":
+        cmd = [sys.executable, "-m", "bench.server_ceiling", "{client_port}"]
     else:
         if not command:
             raise ServerError("a custom server needs a command")

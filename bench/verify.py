@@ -222,9 +222,15 @@ def _check_watch(h: History, v: Verdict) -> None:
         )
     got = h.watched
     v.watch_events = len(got)
+    last = max((ev.revision for ev in got), default=0)
+    if h.audit and last < h.audit[-1].revision:
+        v.add(
+            "watch-stalled",
+            f"the watcher's last event is at revision {last}, the history "
+            f"goes on to {h.audit[-1].revision}",
+        )
     if not got:
         return
-    last = max(ev.revision for ev in got)
     want = [ev for ev in h.audit if h.watch_start_revision <= ev.revision <= last]
     counts = Counter(got)
     for ev, n in counts.items():

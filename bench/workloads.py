@@ -45,6 +45,7 @@ class LoadSpec:
     put_total: int = 1000
     put_rate: float = 0.0
     lease_ttl_s: int = 100
+    keepalive_stream: bool = False  # lease-keepalive: reuse one stream per client
     timeout_s: float = 30.0
     connect_timeout_s: float = 10.0
     seed: int = 1

@@ -152,3 +152,13 @@ def test_watch_unimplemented_after_it_worked_is_reported() -> None:
     h.watched, h.watch_supported = [], False
     v = verify(h)
     assert v.ok and not v.watch_checked and "not checked" in v.summary()
+
+
+def test_watcher_that_stopped_early_is_reported() -> None:
+    """Events after the watcher's last one were never delivered: the watch stalled."""
+    h = good_history()
+    h.watched = h.watched[:3]  # revisions 2 and 3 complete, 4 never came
+    v = verify(h)
+    assert list(v.problems) == ["watch-stalled"]
+    h.watched = []
+    assert "watch-stalled" in verify(h).problems
