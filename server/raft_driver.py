@@ -17,6 +17,7 @@ acknowledged. A batch resolves once the applied index reaches its read index.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -55,6 +56,7 @@ class RaftDriver:
         tick_interval_s: float,
         on_conf_change: Callable[[Any], None] | None = None,
         on_snapshot: Callable[[int], None] | None = None,
+        request_timeout_s: float = 7.0,
     ) -> None:
         self.raw = raw_node
         self.memory = memory_storage
@@ -71,6 +73,10 @@ class RaftDriver:
         self.is_leader = False
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._proposals: list[tuple[int, bytes]] = []
+        # (deadline, request ID) in proposal order, so deadlines ascend: the tick fails the
+        # expired ones with etcd's "request timed out" (the entry may still apply later).
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self.request_timeout_s = request_timeout_s
         self._in_flight: ReadyJob | None = None
         self._in_flight_ready: Any = None
         self._scheduled = False
@@ -118,6 +124,7 @@ class RaftDriver:
             raise errors.NoLeaderError() if not self.leader_id else errors.NotCapableError()
         future = self.loop.create_future()
         self._waiters[request_id] = future
+        self._deadlines.append((time.monotonic() + self.request_timeout_s, request_id))
         # Handed to Raft in one batch by _drive: one append message for all of them.
         self._proposals.append((request_id, data))
         self.kick()
@@ -178,6 +185,17 @@ class RaftDriver:
                 waiting.append(batch)
         self._read_ready = waiting
 
+    def _expire_proposals(self) -> None:
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        now_s = time.monotonic()
+        while deadlines and deadlines[0][0] < now_s:
+            _, request_id = deadlines.popleft()
+            future = self._waiters.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(errors.RequestTimeoutError())
+
     def _retry_lost_reads(self) -> None:
         # A ReadIndex request can be dropped (leader change, no commit in this term yet): ask
         # again rather than leave the readers hanging.
@@ -199,6 +217,7 @@ class RaftDriver:
             return
         self.raw.tick()
         self._retry_lost_reads()
+        self._expire_proposals()
         self._ticker = self.loop.call_later(self.tick_interval_s, self._tick)
         self.kick()
 

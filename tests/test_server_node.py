@@ -368,3 +368,28 @@ def test_startup_time_does_not_grow_with_keys(tmp_path: Any) -> None:
     large_s = fill_and_time("large", 20_000)
     print(f"start-up: 2k keys {small_s * 1000:.0f} ms, 20k keys {large_s * 1000:.0f} ms")
     assert large_s < 3 * small_s + 0.2
+
+
+def test_stalled_disk_times_out_requests(tmp_path: Any) -> None:
+    """While the WAL write hangs, a proposal fails with "request timed out" after the request
+    timeout; once the disk is back the node serves again."""
+    import threading
+
+    from wal import failpoints
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        node.driver.request_timeout_s = 0.3
+        disk_back = threading.Event()
+        failpoints.arm("server.before_wal_save", lambda name: disk_back.wait(30))
+        try:
+            with pytest.raises(errors.RequestTimeoutError):
+                await node.propose(put(b"slow"))
+        finally:
+            failpoints.disarm_all()
+            disk_back.set()
+        response = await node.propose(put(b"fast"))
+        assert response.header.revision == 3  # the timed-out put was applied after all
+        await node.stop()
+
+    run(body())
