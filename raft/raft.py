@@ -531,14 +531,25 @@ class Raft:
             # The commit index of a new leader may lag; serve once its first entry commits.
             self.pending_read_index_messages.append(m)
             return
-        self._send_read_index_round(m)
+        self._add_read_request(m)
+        self._maybe_start_read_round()
 
-    def _send_read_index_round(self, m: Message) -> None:
+    def _add_read_request(self, m: Message) -> None:
         self.read_only.add_request(self.raft_log.committed, m)
         self.read_only.recv_ack(self.id, m.context)
+
+    def _maybe_start_read_round(self) -> None:
+        """Confirm leadership for every waiting read with one heartbeat round, unless a round
+        is already in flight: reads arriving meanwhile wait for it to end and then share the
+        next round (a round must start after a read arrives to serve it)."""
+        ro = self.read_only
+        if ro.round_ctx is not None or not ro.queue:
+            return
+        ctx = ro.queue[-1]
+        ro.round_ctx = ctx
         for member in self.prs.progress:
             if member != self.id:
-                self.send_heartbeat(member, m.context)
+                self.send_heartbeat(member, ctx)
 
     def committed_entry_in_current_term(self) -> bool:
         return self.raft_log.term_or_zero(self.raft_log.committed) == self.term
@@ -549,7 +560,8 @@ class Raft:
         pending = self.pending_read_index_messages
         self.pending_read_index_messages = []
         for m in pending:
-            self._send_read_index_round(m)
+            self._add_read_request(m)
+        self._maybe_start_read_round()
 
     def _respond_read_index(self, req: Message, index: int) -> None:
         if req.from_ == NONE or req.from_ == self.id:
@@ -622,6 +634,11 @@ class Raft:
             return
         for req, index in self.read_only.advance(m.context):
             self._respond_read_index(req, index)
+        # The acknowledged context covers the round in flight if it was at or after it.
+        ro = self.read_only
+        if ro.round_ctx is not None and ro.round_ctx not in ro.pending:
+            ro.round_ctx = None
+        self._maybe_start_read_round()
 
     def _leader_transfer(self, m: Message, pr: Progress) -> None:
         if pr.is_learner:
