@@ -73,6 +73,8 @@ class WatchStream:
     progress_requested: bool = False
     progress_tick_due: bool = False
     closed: bool = False
+    failure: Exception | None = None  # why the reader ended the stream, if it did
+    wants_progress: bool = False  # some watcher asked for progress notifies
     next_id: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -124,6 +126,7 @@ class WatchStream:
             on_news=lambda: self._mark(watch_id),
         )
         watcher = StreamWatcher(watch_id, hub, request.progress_notify, request.fragment)
+        self.wants_progress |= request.progress_notify
         self.watchers[watch_id] = watcher
         self._queue(self._response(current, watch_id, created=True))
         self.pending[watch_id] = None
@@ -312,21 +315,26 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         stream = WatchStream(self._node, self._node.config.max_request_bytes)
         self.streams.add(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
-        ticker = asyncio.create_task(self._tick(stream))
+        tasks = [reader]
         try:
             while not stream.closed:
                 responses = stream.poll()
+                if stream.wants_progress and len(tasks) == 1:
+                    # The progress timer runs only for streams that asked for notifies.
+                    tasks.append(asyncio.create_task(self._tick(stream)))
                 if not responses:
                     await stream.wait()
                     continue
                 for response in responses:
                     await context.write(response)
+            if stream.failure is not None:
+                await abort(context, stream.failure)
         finally:
-            reader.cancel()
-            ticker.cancel()
+            for task in tasks:
+                task.cancel()
             stream.close()
             self.streams.discard(stream)
-            for task in (reader, ticker):
+            for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
 
@@ -338,8 +346,16 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
     ) -> None:
         # The client closing its side ends nothing: etcd keeps sending events until the
         # client cancels the call.
-        async for request in request_iterator:
-            stream.handle(request)
+        try:
+            async for request in request_iterator:
+                stream.handle(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A request the stream could not take (or a broken transport): end the call
+            # with that error rather than leave a half-dead stream behind.
+            stream.failure = exc
+            stream.close()
 
     async def _tick(self, stream: WatchStream) -> None:
         while True:

@@ -98,14 +98,32 @@ async def test_a_slow_client_does_not_hold_up_a_fast_one() -> None:
 
 
 @async_test
+async def test_a_request_the_stream_cannot_take_ends_the_call_with_its_error() -> None:
+    node = FakeNode()
+    async with serving(node) as (services, channel):
+
+        def broken_watch(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("watch hub closed")
+
+        node.store.watch_hub.watch = broken_watch  # type: ignore[method-assign]
+        call = rpc_pb2_grpc.WatchStub(channel).Watch()
+        await call.write(watch_request(b"a"))
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await call.read()
+        assert error.value.details() == "watch hub closed"
+        await wait_for(lambda: not services.watch.streams)
+
+
+@async_test
 async def test_watch_requiring_a_leader_is_refused_without_one() -> None:
     node = FakeNode()
     async with serving(node) as (_, channel):
         node.set_leader(False)
         node.leader_id = 0
         call = rpc_pb2_grpc.WatchStub(channel).Watch(metadata=(("hasleader", "true"),))
-        await call.write(watch_request(b"a"))
         with pytest.raises(grpc.aio.AioRpcError) as error:
+            # The refusal may already be there when the write goes out.
+            await call.write(watch_request(b"a"))
             await call.read()
         assert error.value.code() == grpc.StatusCode.UNAVAILABLE
         assert error.value.details() == "etcdserver: no leader"
