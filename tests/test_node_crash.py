@@ -384,3 +384,45 @@ def test_checker_catches_violations() -> None:
         broken.watched = seen
         with pytest.raises(AssertionError, match=message):
             check_cycle(hist, broken, [], revision, name)
+
+
+def _ttl(kv_lease: rpc_pb2_grpc.LeaseStub, lease_id: int) -> tuple[int, list[bytes]]:
+    resp = kv_lease.LeaseTimeToLive(
+        rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True), timeout=10
+    )
+    return resp.grantedTTL if resp.TTL > 0 else -1, sorted(resp.keys)
+
+
+def test_leases_survive_sigkill(crash_node: Node) -> None:
+    """Granted leases, their keys and an acknowledged revoke survive SIGKILL; a short lease
+    still expires after the restart and takes its key with it."""
+    n = crash_node
+    n.start()
+    with grpc.insecure_channel(n.endpoint) as ch:
+        lease, kv = rpc_pb2_grpc.LeaseStub(ch), rpc_pb2_grpc.KVStub(ch)
+        for lease_id in (0x10, 0x11, 0x12):
+            lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(ID=lease_id, TTL=600), timeout=10)
+            for i in range(3):
+                key = f"lease/{lease_id:x}/{i}".encode()
+                kv.Put(rpc_pb2.PutRequest(key=key, value=b"v", lease=lease_id), timeout=10)
+        lease.LeaseGrant(rpc_pb2.LeaseGrantRequest(ID=0x20, TTL=2), timeout=10)
+        kv.Put(rpc_pb2.PutRequest(key=b"short", value=b"v", lease=0x20), timeout=10)
+        lease.LeaseRevoke(rpc_pb2.LeaseRevokeRequest(ID=0x10), timeout=10)
+    n.kill9()
+    n.start()
+    with grpc.insecure_channel(n.endpoint) as ch:
+        lease, kv = rpc_pb2_grpc.LeaseStub(ch), rpc_pb2_grpc.KVStub(ch)
+        assert _ttl(lease, 0x10) == (-1, [])
+        for lease_id in (0x11, 0x12):
+            keys = [f"lease/{lease_id:x}/{i}".encode() for i in range(3)]
+            assert _ttl(lease, lease_id) == (600, keys)
+        left = kv.Range(rpc_pb2.RangeRequest(key=b"lease/", range_end=b"lease0"), timeout=10)
+        assert [x.key for x in left.kvs] == [f"lease/{i:x}/{j}".encode() for i in (0x11, 0x12)
+                                             for j in range(3)]  # fmt: skip
+
+        def short_key_gone() -> bool:
+            return kv.Range(rpc_pb2.RangeRequest(key=b"short"), timeout=10).count == 0
+
+        wait_for(short_key_gone, 20, "the 2 s lease to expire after the restart")
+        assert _ttl(lease, 0x20) == (-1, [])
+    n.stop()
