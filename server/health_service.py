@@ -17,7 +17,7 @@ import grpc
 
 from api.grpc_health.v1 import health_pb2, health_pb2_grpc
 
-Status: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus.ValueType
+Status: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
