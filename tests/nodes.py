@@ -20,6 +20,7 @@ import dataclasses
 import os
 import pathlib
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,13 +115,26 @@ class Node:
         return "\n".join(text[-lines:])
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> Node:
-        """Start (or restart) and wait until a linearizable read succeeds."""
+        """Start (or restart) and wait until a linearizable read succeeds. On a first start the
+        ports are picked free; if another process takes one meanwhile, pick again."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        if not self.client_port:
-            self.client_port, self.peer_port, self.metrics_port = (free_port() for _ in range(3))
-        self._spawn()
-        self.wait_ready(timeout_s)
-        return self
+        first = not self.client_port
+        for attempt in range(3):
+            if first:
+                self.client_port, self.peer_port, self.metrics_port = (
+                    free_port() for _ in range(3)
+                )
+            self._spawn()
+            try:
+                self.wait_ready(timeout_s)
+                return self
+            except NodeFailed:
+                if not (first and attempt < 2 and "address already in use" in self.log_tail()):
+                    raise
+                self.kill9()
+                # A first start may have initialised the data dir for the clashing ports.
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+        raise AssertionError("unreachable")
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Poll until the port accepts, then until a linearizable Range succeeds. Each gRPC

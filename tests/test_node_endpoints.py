@@ -203,3 +203,29 @@ def test_sigterm_stops_cleanly_and_data_survives(node_kind: str, tmp_path: pathl
         assert [kv.value for kv in got.kvs] == [b"yes"]
     finally:
         n.stop()
+
+
+def test_client_port_in_use(node_kind: str, tmp_path: pathlib.Path) -> None:
+    """A client port already taken: the node exits at once saying so, and the test helper
+    picks other free ports when the clash came from its own port choice."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        n = make_node(node_kind, tmp_path / "preset")
+        n.client_port, n.peer_port, n.metrics_port = busy, nodes.free_port(), nodes.free_port()
+        with pytest.raises(nodes.NodeFailed) as info:
+            n.start()
+        assert "address already in use" in str(info.value)
+        assert n.proc is not None and n.proc.returncode != 0
+
+        ports = iter([busy, nodes.free_port(), nodes.free_port()])
+        real_free_port = nodes.free_port
+        nodes.free_port = lambda: next(ports, None) or real_free_port()  # type: ignore[assignment]
+        try:
+            retried = make_node(node_kind, tmp_path / "retry")
+            retried.start()
+            assert retried.client_port != busy and retried.starts == 2
+            retried.stop()
+        finally:
+            nodes.free_port = real_free_port  # type: ignore[assignment]

@@ -316,13 +316,25 @@ TRANSCRIPT: list[tuple[tuple[str, ...], str | None]] = [
     (("lease", "grant", "100", "-w", "json"), None),
     (("alarm", "list", "-w", "json"), None),
     (("del", "never", "-w", "json"), None),
+    (("put", "f/a", "1", "-w", "fields"), None),
+    (("put", "f/a", "2", "--prev-kv", "-w", "fields"), None),
+    (("get", "f/", "--prefix", "-w", "fields"), None),
+    (("txn", "-w", "fields"), 'value("f/a") = "2"\n\nget f/a\n\n\n'),
+    (("del", "f/a", "-w", "fields"), None),
+    (("lease", "grant", "100", "-w", "fields"), None),
+    (("get", "f/a", "--rev=99", "-w", "fields"), None),
 ]
 IDENTITY_FIELDS = ("cluster_id", "member_id", "raft_term", "ID", "leader")
+
+
+FIELDS_IDENTITY = ("ClusterID", "MemberID", "RaftTerm", "ID")
 
 
 def _mask(text: str) -> str:
     for field in IDENTITY_FIELDS:
         text = re.sub(rf'"{field}":\d+', f'"{field}":"*"', text)
+    for field in FIELDS_IDENTITY:
+        text = re.sub(rf'"{field}" : \d+', f'"{field}" : *', text)
     return re.sub(r"lease [0-9a-f]+", "lease *", text)
 
 
