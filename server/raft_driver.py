@@ -77,6 +77,8 @@ class RaftDriver:
         # expired ones with etcd's "request timed out" (the entry may still apply later).
         self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
         self.request_timeout_s = request_timeout_s
+        # The peer transport's send(messages), set when there is one.
+        self.send: Callable[[Any], None] | None = None
         self._in_flight: ReadyJob | None = None
         self._in_flight_ready: Any = None
         self._scheduled = False
@@ -206,6 +208,19 @@ class RaftDriver:
                 if self.leader_id:
                     self.raw.read_index(ctx)
 
+    # -- peers -----------------------------------------------------------------------------
+    def step(self, message: Any) -> None:
+        """A Raft message from a peer (the peer transport calls this on the loop)."""
+        if self._stopped:
+            return
+        self.raw.step(message)
+        self.kick()
+
+    def _send(self, messages: Any) -> None:
+        # No peer transport yet (single-member clusters): a lone voter sends nothing.
+        if self.send is not None:
+            self.send(messages)
+
     # -- the loop --------------------------------------------------------------------------
     def kick(self) -> None:
         if not self._scheduled and self._in_flight is None:
@@ -238,6 +253,10 @@ class RaftDriver:
             self.commit_index = max(self.commit_index, rd.hard_state.commit)
         if rd.read_states:
             self._on_read_states(rd.read_states)
+        if rd.messages and self.is_leader:
+            # A leader may send while it persists (Raft thesis 10.2.1); a follower must not
+            # acknowledge entries before they are on its disk, so it sends in on_job_done.
+            self._send(rd.messages)
         job = ReadyJob(rd.hard_state, rd.entries, rd.must_sync, rd.committed_entries)
         self._in_flight = job
         self._in_flight_ready = rd
@@ -257,6 +276,8 @@ class RaftDriver:
         for entry in rd.committed_entries:
             if entry.type != 0 and self.on_conf_change is not None:
                 self.on_conf_change(entry)
+        if rd.messages and not self.is_leader:
+            self._send(rd.messages)
         self.raw.advance(rd)
         if rd.committed_entries:
             self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
