@@ -56,6 +56,9 @@ class Watcher:
         self.filters = filters
         self.notify = notify
         self.canceled = False
+        # Needs history and take() not called yet: etcd's "unsynced" watcher, which compaction
+        # cancels (a watcher that starts in the future is "synced" and never is).
+        self._fresh = start_revision <= hub.store.revision
 
     def matches(self, k: bytes) -> bool:
         end = self.range_end
@@ -63,12 +66,25 @@ class Watcher:
             return k == self.key
         return k >= self.key and (end == b"\x00" or k < end)
 
+    def wants(self, tomb: bool) -> bool:
+        """False if a NOPUT/NODELETE filter drops this kind of event. Filters apply while
+        collecting, so a take() that returns [] really had nothing left."""
+        return (NODELETE if tomb else NOPUT) not in self.filters
+
     def take(self, max_events: int = 1000) -> list[kv_pb2.Event] | Compacted:
         """The next events, whole revisions only (at least one revision even if it alone has more
         than max_events); [] when nothing new."""
         if self.canceled:
             return []
         max_events = max(1, max_events)
+        if self._fresh:
+            # etcd cancels an unsynced watcher whose start is below the compaction revision,
+            # even if the events happen to be still in memory (here: in the ring).
+            self._fresh = False
+            compacted = self.hub.store.compact_revision
+            if self.next_revision < compacted:
+                self.cancel()
+                return Compacted(compacted)
         raws = self.hub._from_ring(self, max_events)
         if raws is None:
             return self._replay(max_events)
@@ -103,7 +119,7 @@ class Watcher:
                 v = cur.value()
                 create, version, lease, klen = unpack(v)
                 key = bytes(v[size : size + klen])
-                if self.matches(key):
+                if self.matches(key) and self.wants(tomb):
                     value = b"" if tomb else bytes(v[size + klen :])
                     out.append((main, sub, tomb, key, create, version, lease, value))
                 ok = cur.next()
@@ -126,7 +142,8 @@ class Watcher:
             if main < self.next_revision:
                 break
             sub, _, version, _ = keys.IDX_VALUE.unpack_from(cur.value())
-            found.append((main, sub, version == 0))
+            if self.wants(version == 0):
+                found.append((main, sub, version == 0))
             ok = cur.next()
         found.reverse()
         del found[max_events:]
@@ -151,8 +168,6 @@ class Watcher:
         events = []
         dbs = self.hub.store.dbs
         for main, _sub, tomb, key, create, version, lease, value in raws:
-            if (NODELETE if tomb else NOPUT) in self.filters:
-                continue
             ev = kv_pb2.Event(type=kv_pb2.Event.DELETE if tomb else kv_pb2.Event.PUT)
             kv = ev.kv
             kv.key = key
@@ -259,7 +274,7 @@ class WatchHub:
             i = w.next_revision - self._ring_first
             while i < len(self._ring) and len(out) < max_events:
                 main, evs = self._ring[i]
-                out.extend(e for e in evs if w.matches(e[3]))
+                out.extend(e for e in evs if w.matches(e[3]) and w.wants(e[2]))
                 w.next_revision = main + 1
                 i += 1
             return out

@@ -18,9 +18,7 @@ def test_generated_modules_are_fresh(tmp_path: pathlib.Path) -> None:
     committed = [p for p in committed if p.parts[0] == "api"]
     assert fresh == committed, "generated file set differs: run `make proto`"
     stale = [
-        str(p)
-        for p in fresh
-        if (tmp_path / p).read_bytes() != (generate.ROOT / p).read_bytes()
+        str(p) for p in fresh if (tmp_path / p).read_bytes() != (generate.ROOT / p).read_bytes()
     ]
     assert not stale, f"stale generated modules (run `make proto`): {stale}"
 

@@ -29,8 +29,17 @@ ALLOWED = {
 # Modules a package must never import: Raft is pure; the storage libraries have no async or RPC.
 FORBIDDEN = {
     "raft": {
-        "asyncio", "socket", "threading", "time", "os", "io", "grpc", "lmdb",
-        "selectors", "subprocess", "multiprocessing",
+        "asyncio",
+        "socket",
+        "threading",
+        "time",
+        "os",
+        "io",
+        "grpc",
+        "lmdb",
+        "selectors",
+        "subprocess",
+        "multiprocessing",
     },
     "engine": {"asyncio", "grpc", "raft", "server"},
     "wal": {"asyncio", "grpc", "lmdb"},
