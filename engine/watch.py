@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
 NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 RING_EVENTS_MAX = 20_000
+RING_BYTES_MAX = 64 << 20  # keys + values held in the ring
 
 
 class Compacted(NamedTuple):
@@ -195,6 +196,7 @@ class WatchHub:
         self._ring: deque[tuple[int, list[RawEvent]]] = deque()
         self._ring_first = store.revision + 1
         self._ring_events = 0
+        self._ring_bytes = 0
 
     def active(self) -> bool:
         return bool(self._watchers)
@@ -227,6 +229,7 @@ class WatchHub:
             if events is None:  # the ring restarts after this batch
                 self._ring.clear()
                 self._ring_events = 0
+                self._ring_bytes = 0
                 self._ring_first = revision + 1
             else:
                 self._append(events)
@@ -255,12 +258,17 @@ class WatchHub:
                 j += 1
             if not self._ring:
                 self._ring_first = main
-            self._ring.append((main, events[i:j]))
+            evs = events[i:j]
+            self._ring.append((main, evs))
             self._ring_events += j - i
+            self._ring_bytes += _bytes(evs)
             i = j
-        while self._ring_events > self.ring_events_max and len(self._ring) > 1:
+        while len(self._ring) > 1 and (
+            self._ring_events > self.ring_events_max or self._ring_bytes > RING_BYTES_MAX
+        ):
             _, evs = self._ring.popleft()
             self._ring_events -= len(evs)
+            self._ring_bytes -= _bytes(evs)
             self._ring_first = self._ring[0][0]
 
     def _from_ring(self, w: Watcher, max_events: int) -> list[RawEvent] | None:
@@ -278,3 +286,7 @@ class WatchHub:
                 w.next_revision = main + 1
                 i += 1
             return out
+
+
+def _bytes(evs: list[RawEvent]) -> int:
+    return sum(len(e[3]) + len(e[7]) for e in evs)
