@@ -632,3 +632,33 @@ def test_watch_at_compaction_revision(node_kind: str, tmp_path: pathlib.Path) ->
         assert delete not in seen, "etcd 3.4.23 was expected to drop it (etcd#19179)"
     else:
         assert seen[0] == delete
+
+
+def test_progress_notify_is_a_bookmark(tmp_path: pathlib.Path) -> None:
+    """After a progress reply at revision R no event <= R may arrive (the "bookmarkable" watch
+    guarantee), even when the progress request comes while the watcher is still catching up.
+    petra only: etcd 3.4.23 answers at once with the current revision and then sends the
+    catch-up events (etcd#15220; measured here: all 300 events arrived after the bookmark)."""
+    with running("petra", tmp_path) as n:
+        s = stubs(n)
+        try:
+            for j in range(300):
+                s.kv.Put(put(f"p{j % 10}", "x" * 100), timeout=10)
+            ws = WatchStream(s)
+            create = rpc_pb2.WatchCreateRequest(key=b"\0", range_end=b"\0", start_revision=1)
+            ws.send(rpc_pb2.WatchRequest(create_request=create))
+            ws.send(rpc_pb2.WatchRequest(progress_request=rpc_pb2.WatchProgressRequest()))
+            bookmark = None
+            events: list[tuple[int, int | None]] = []  # (mod_revision, bookmark when received)
+            while bookmark is None or len(events) < 300:
+                resp = ws.recv()
+                if not resp.events and not resp.created and not resp.canceled:
+                    bookmark = resp.header.revision
+                events += [(e.kv.mod_revision, bookmark) for e in resp.events]
+            ws.close()
+        finally:
+            s.close()
+    assert [rev for rev, _ in events] == list(range(2, 302))
+    late = [(rev, mark) for rev, mark in events if mark is not None and rev <= mark]
+    assert not late, f"{len(late)} events at or below an earlier bookmark, first {late[0]}"
+    assert bookmark is not None and bookmark >= 301
