@@ -23,6 +23,7 @@ from raft.raft import (
     Config,
     Raft,
 )
+from raft.storage import NO_LIMIT
 from raft.types import (
     EMPTY_HARD_STATE,
     ConfChange,
@@ -150,6 +151,8 @@ class RawNode:
         u = log.unstable
         entries = u.entries[:] if u.entries else []
         committed = log.next_ents() if log.committed > log.applied else []
+        if committed and r.max_uncommitted_size < NO_LIMIT:
+            r.reduce_uncommitted_size(committed)
         rd = Ready(
             soft,
             hard,

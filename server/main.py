@@ -195,9 +195,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"petra: {exc}", file=sys.stderr)
         sys.exit(1)
     _configure_logging(config.log_level)
-    # The storage thread hands each batch back while the loop runs Python: with the default
-    # 5 ms GIL switch interval it can wait that long to get the GIL after its fsync.
-    sys.setswitchinterval(float(os.environ.get("PETRA_SWITCH_INTERVAL_S", "0.0005")))
     try:
         asyncio.run(_main(config))
     except StartError as exc:

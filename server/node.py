@@ -69,6 +69,8 @@ class Node:
             tick_interval_s=config.heartbeat_interval_ms / 1000,
             on_snapshot=self._compact_raft_log,
             on_conf_change=self._apply_conf_change,
+            # etcd's: 5 s plus two election timeouts.
+            request_timeout_s=5.0 + 2 * config.election_timeout_ms / 1000,
         )
         self.applier = Applier(rec.store, self.member_id, self.cluster_id)
         self.storage = StorageThread(

@@ -74,6 +74,7 @@ class WatchStream:
     progress_tick_due: bool = False
     closed: bool = False
     failure: Exception | None = None  # why the reader ended the stream, if it did
+    wants_progress: bool = False  # some watcher asked for progress notifies
     next_id: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -125,6 +126,7 @@ class WatchStream:
             on_news=lambda: self._mark(watch_id),
         )
         watcher = StreamWatcher(watch_id, hub, request.progress_notify, request.fragment)
+        self.wants_progress |= request.progress_notify
         self.watchers[watch_id] = watcher
         self._queue(self._response(current, watch_id, created=True))
         self.pending[watch_id] = None
@@ -313,10 +315,13 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         stream = WatchStream(self._node, self._node.config.max_request_bytes)
         self.streams.add(stream)
         reader = asyncio.create_task(self._read(request_iterator, stream))
-        ticker = asyncio.create_task(self._tick(stream))
+        tasks = [reader]
         try:
             while not stream.closed:
                 responses = stream.poll()
+                if stream.wants_progress and len(tasks) == 1:
+                    # The progress timer runs only for streams that asked for notifies.
+                    tasks.append(asyncio.create_task(self._tick(stream)))
                 if not responses:
                     await stream.wait()
                     continue
@@ -325,11 +330,11 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
             if stream.failure is not None:
                 await abort(context, stream.failure)
         finally:
-            reader.cancel()
-            ticker.cancel()
+            for task in tasks:
+                task.cancel()
             stream.close()
             self.streams.discard(stream)
-            for task in (reader, ticker):
+            for task in tasks:
                 with contextlib.suppress(BaseException):
                     await task
 

@@ -162,6 +162,30 @@ def test_watch_prev_kv_and_filters(s: Stubs) -> None:
         call.close()
 
 
+def test_large_revision_is_fragmented_for_watchers_that_ask(s: Stubs) -> None:
+    """A delete of three 900 KiB keys seen with prev_kv is over max-request-bytes + 512 KiB:
+    split into fragments (all but the last flagged) for a fragment watcher, whole otherwise."""
+    big = b"x" * (900 << 10)
+    for key in (b"fr/a", b"fr/b", b"fr/c"):
+        put(s, key, big)
+    fragmented, whole = WatchCall(s), WatchCall(s)
+    try:
+        fragmented.create(b"fr/", range_end=b"fr0", prev_kv=True, fragment=True)
+        whole.create(b"fr/", range_end=b"fr0", prev_kv=True)
+        s.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=b"fr/", range_end=b"fr0"))
+        parts = [fragmented.next()]
+        while parts[-1].fragment:
+            parts.append(fragmented.next())
+        assert len(parts) >= 2
+        assert [e.kv.key for p in parts for e in p.events] == [b"fr/a", b"fr/b", b"fr/c"]
+        assert all(e.prev_kv.value == big for p in parts for e in p.events)
+        single = whole.next()
+        assert len(single.events) == 3 and not single.fragment
+    finally:
+        fragmented.close()
+        whole.close()
+
+
 def test_compacted_watch_is_canceled_with_the_compact_revision(node: Node) -> None:
     st = stubs(node)
     call = WatchCall(st)
@@ -412,4 +436,26 @@ def test_leases_and_history_survive_a_restart(node: Node) -> None:
         assert (expired[0], expired[1]) == (DELETE, b"rs/b")
     finally:
         call.close()
+        st.close()
+
+
+@pytest.mark.slow
+def test_a_stalled_reader_does_not_stall_others(node: Node) -> None:
+    """One stream whose client never reads a response, one that reads: over 400 puts of
+    64 KiB (far beyond the HTTP/2 windows of the stalled stream), the reader sees every
+    event in order and no put waits for the stalled client."""
+    st = stubs(node)
+    requests: queue.Queue[rpc_pb2.WatchRequest | None] = queue.Queue()
+    create = rpc_pb2.WatchCreateRequest(key=b"st/k")
+    requests.put(rpc_pb2.WatchRequest(create_request=create))
+    stalled = st.watch.Watch(iter(requests.get, None), timeout=120)  # never iterated
+    reader = WatchCall(st)
+    try:
+        reader.create(b"st/k")
+        revisions = [put(st, b"st/k", b"%06d" % i + b"x" * (64 << 10)) for i in range(400)]
+        assert [e[3] for e in reader.events(400)] == revisions
+    finally:
+        reader.close()
+        stalled.cancel()
+        requests.put(None)
         st.close()
