@@ -109,6 +109,25 @@ def bench_replay(s: Store, events: int) -> None:
     print(f"replay {events:,} events to a new watcher      : {rate(events, dt)}")
 
 
+def bench_compaction(s: Store) -> None:
+    """Compact everything written so far: the writer's pause is one step (1,000 records)."""
+    steps: list[float] = []
+    t0 = time.perf_counter()
+    with s.write_batch() as b:
+        b.compact(s.revision)
+    steps.append(time.perf_counter() - t0)
+    while True:
+        t0 = time.perf_counter()
+        more = s.compaction_step()
+        steps.append(time.perf_counter() - t0)
+        if not more:
+            break
+    print(
+        f"compaction of {s.revision:,} revisions in {len(steps)} steps: "
+        f"{sum(steps):.2f} s wall, longest step {max(steps) * 1e3:.1f} ms"
+    )
+
+
 def bench_open(root: str, n: int) -> None:
     path = tempfile.mkdtemp(dir=root)
     s = Store.open(path)
@@ -138,6 +157,7 @@ def main() -> None:
         s = bench_puts(root, args.puts, rng)
         bench_reads(s, rng)
         bench_replay(s, args.events)
+        bench_compaction(s)
         s.close()
         bench_open(root, 10_000)
         if args.large:

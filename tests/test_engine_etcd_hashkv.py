@@ -108,6 +108,7 @@ def test_hash_kv_matches_real_etcd(tmp_path: Path) -> None:
         with store.write_batch() as b:
             b.lease_grant(lease, 600)
         put("d", "4", lease)
+        put("long/" + "k" * 600, "beyond LMDB's key limit")
         put("a", "5")
         delete("b")
         etcd.ctl("txn", stdin="\nput x 1\nput y 2\n\n\n")
