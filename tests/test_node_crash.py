@@ -13,7 +13,8 @@ at a failpoint (PETRA_FAILPOINTS=name:kill@n, petra only). After the restart:
 - the watcher, resumed from its last revision + 1, sees exactly the history: each event
   once, in order, none missing;
 - a compaction of the previous cycles' history, sent while the load runs, is durable once
-  acknowledged and never reaches past the revision asked for.
+  acknowledged and never reaches past the revision asked for;
+every third cycle also defragments during the load (a kill mid-defrag must lose nothing).
 The history is read with a watch from the cycle's first revision (never compacted).
 A failure names the seed and the cycle; the seed replays the same kill points.
 """
@@ -134,6 +135,16 @@ def compactor(endpoint: str, load: CycleLoad, revision: int) -> None:
             pass  # killed before the answer: the compaction may or may not have happened
 
 
+def defragmenter(endpoint: str) -> None:
+    """Defragments while the load runs, so a kill can land mid-defrag (etcd#14685)."""
+    with grpc.insecure_channel(endpoint) as ch:
+        try:
+            stub = rpc_pb2_grpc.MaintenanceStub(ch)
+            stub.Defragment(rpc_pb2.DefragmentRequest(), timeout=RPC_TIMEOUT_S * 2)
+        except grpc.RpcError:
+            pass  # killed meanwhile, or refused while busy: either way the data must survive
+
+
 def check_compaction(n: Node, load: CycleLoad, context: str) -> None:
     """An acknowledged compaction survived the crash, and went no further than asked."""
     if not load.compacted:
@@ -236,6 +247,9 @@ def run_load(n: Node, cycle: int, r: random.Random, failpoint: str | None,
     if start > 2:
         compaction = (n.endpoint, load, start - 1)
         threads.append(threading.Thread(target=compactor, args=compaction, daemon=True))
+        threads[-1].start()
+    if cycle % 3 == 2:
+        threads.append(threading.Thread(target=defragmenter, args=(n.endpoint,), daemon=True))
         threads[-1].start()
     for wid in range(WRITERS):
         args = (n.endpoint, load, cycle, wid, r.randrange(1 << 30))
