@@ -98,6 +98,7 @@ class Node:
             request_timeout_s=5.0 + 2 * config.election_timeout_ms / 1000,
         )
         self.applier = Applier(rec.store, self.member_id, self.cluster_id)
+        self.applier.alarms.update(rec.alarms)
         self.storage = StorageThread(
             rec.wal,
             self.applier,
@@ -277,7 +278,8 @@ class Node:
         if sync is not None:
             sync()  # the engine must hold everything up to `index` before the WAL lets it go
         voters, learners = self._conf_lists()
-        self.snapshotter.save(term, index, encode_snapshot_data(voters, learners))
+        alarms = sorted(self.applier.alarms)
+        self.snapshotter.save(term, index, encode_snapshot_data(voters, learners, alarms))
         from wal import SnapshotMarker
 
         self.wal.save_snapshot(SnapshotMarker(index, term))
