@@ -58,6 +58,11 @@ def test_metrics_url_serves_health_and_metrics(node: Node) -> None:
     )
     assert int(count_line.split()[-1]) >= 3
     assert "etcd_server_has_leader 1" in text
+    if node.kind == "petra":  # petra's own per-method request metrics
+        assert 'petra_grpc_requests_total{method="/etcdserverpb.KV/Put"} 3' in text
+        assert 'petra_grpc_request_duration_seconds_count{method="/etcdserverpb.KV/Put"} 3' in text
+    else:  # etcd's go-grpc-prometheus equivalent
+        assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Put"' in text
 
 
 def test_http_on_client_port(node: Node) -> None:
