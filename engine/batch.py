@@ -154,11 +154,9 @@ class WriteBatch:
         k = _U64_PACK(lease_id & _MAIN_MAX)
         if self.lt.get(k, db=self.dbs.lease) is None:
             raise errors.LeaseNotFoundError()
-        from engine.store import lease_keys
-
         self._sub = 0
         main = self.rev + 1
-        for key in lease_keys(self.lt, self.dbs, lease_id):
+        for key in reader.lease_keys(self.lt, self.dbs, lease_id):
             self._delete_key(key, main)
         self.lt.delete(k, db=self.dbs.lease)
         if self._sub:

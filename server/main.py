@@ -167,6 +167,12 @@ def _register_gauges(node: Node) -> None:
         "Size of the backend file.",
         lambda: float(node.store.size_bytes()),
     )
+    storage = node.storage
+    gauge(
+        "petra_wal_entries_per_sync",
+        "Mean entries per synced WAL write (group commit).",
+        lambda: storage.synced_entries / max(1, storage.synced_writes),
+    )
     gauge("etcd_debugging_mvcc_current_revision", "The current revision of the store.",
           lambda: float(node.store.revision))  # fmt: skip
 

@@ -258,6 +258,17 @@ class RaftDriver:
             # acknowledge entries before they are on its disk, so it sends in on_job_done.
             self._send(rd.messages)
         job = ReadyJob(rd.hard_state, rd.entries, rd.must_sync, rd.committed_entries)
+        if (
+            rd.hard_state is None
+            and not rd.entries
+            and not rd.committed_entries
+            and rd.snapshot is None
+        ):
+            # Nothing to persist or apply (a read index, a leader change): no storage trip.
+            self._in_flight_ready = rd
+            self._in_flight = job
+            self.on_job_done(job)
+            return
         self._in_flight = job
         self._in_flight_ready = rd
         assert self.storage is not None

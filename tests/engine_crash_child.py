@@ -55,6 +55,7 @@ def main() -> None:
                 b.compact(arg)
             print("scheduled", flush=True)
         while store.compaction_step(4):
+            store.sync()  # an fsync per step keeps the child from racing far past the kill point
             print("step", flush=True)
         print("done", flush=True)
 

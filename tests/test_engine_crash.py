@@ -98,7 +98,7 @@ def test_kill_while_compacting(tmp_path: Path) -> None:
     """SIGKILL in the middle of a compaction done in tiny batches: after reopening, the pending
     compaction resumes and the result equals an uninterrupted compaction, byte for byte."""
     seed = 7
-    base = reference(tmp_path / "base", seed, 150)
+    base = reference(tmp_path / "base", seed, 300)
     target = base.revision - 40
     base.close()
     for kill_at in (2, 9, 30):
@@ -108,7 +108,7 @@ def test_kill_while_compacting(tmp_path: Path) -> None:
         assert "done" not in seen, "the kill came too late to interrupt the compaction"
         store = Store.open(str(path), map_size_bytes=1 << 30)
         assert store.compact_revision == target
-        assert store.compaction_pending() or kill_at <= 1
+        assert store.compaction_pending(), f"kill_at {kill_at}: the compaction had finished"
         while store.compaction_step(4):
             pass
         ref_path = tmp_path / f"r{kill_at}"
