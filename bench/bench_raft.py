@@ -43,9 +43,9 @@ class BenchMember:
             out.extend(rd.messages)
             if rd.committed_entries:
                 self.applied_index = rd.committed_entries[-1].index
+                if self.applied_index - storage.first_index() > COMPACT_EVERY_ENTRIES:
+                    storage.compact(self.applied_index - 1000)
             node.advance(rd)
-        if self.applied_index - storage.first_index() > COMPACT_EVERY_ENTRIES:
-            storage.compact(self.applied_index - 1000)
 
 
 def run(batch: int, seconds: float, codec: bool) -> tuple[float, float]:

@@ -45,13 +45,21 @@ def summary(latencies_s: list[float]) -> str:
     return f"mean {statistics.fmean(ordered) * 1e6:8.1f} us  p50 {p50:8.1f} us  p99 {p99:8.1f} us"
 
 
-def raw_disk(d: str, write_bytes: int, seconds: float, file_bytes: int) -> list[float]:
+def raw_disk(
+    d: str, write_bytes: int, seconds: float, file_bytes: int, *, prewritten: bool = False
+) -> list[float]:
     """Latencies of write + fdatasync of `write_bytes` at increasing offsets of a
-    preallocated file (wrapping around), the same pattern as WAL appends."""
+    preallocated file (wrapping around), the same pattern as WAL appends. `prewritten`
+    fills the file with written zeroes first instead of fallocate (no extent conversion)."""
     path = os.path.join(d, f"raw-{write_bytes}")
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        os.posix_fallocate(fd, 0, file_bytes)
+        if prewritten:
+            zeroes = bytes(MIB)
+            for offset in range(0, file_bytes, MIB):
+                os.pwrite(fd, zeroes, offset)
+        else:
+            os.posix_fallocate(fd, 0, file_bytes)
         os.fsync(fd)
         buf = os.urandom(write_bytes)
         offset = 0
@@ -154,6 +162,8 @@ def run(d: str, args: argparse.Namespace) -> None:
         wal1 += wal_appends(d, 1, seconds / ROUNDS, seg)
     print(f"raw 4 KiB write+fdatasync      {summary(raw4k)}")
     report(1, wal1, raw4k)
+    raw4k_written = raw_disk(d, 4096, seconds / 2, 16 * MIB, prewritten=True)
+    print(f"raw 4 KiB, pre-written file    {summary(raw4k_written)}  (no extent conversion)")
     raw256k = raw_disk(d, 256 << 10, seconds, 256 * MIB)
     raw_mbps = (256 << 10) / statistics.median(raw256k) / 1e6
     print(f"raw 256 KiB write+fdatasync    {summary(raw256k)}  {raw_mbps:7.1f} MB/s (p50)")

@@ -15,6 +15,7 @@ from raft import (
     RawNode,
     Ready,
     StateType,
+    StepPeerNotFoundError,
 )
 from raft.codec import decode_conf_change
 
@@ -112,7 +113,10 @@ class Cluster:
         for m in msgs:
             if m.to in self.isolated or m.from_ in self.isolated or m.to not in self.members:
                 continue
-            self.members[m.to].node.step(m)
+            try:
+                self.members[m.to].node.step(m)
+            except StepPeerNotFoundError:
+                continue  # a late response from a removed member: the transport drops it
             n += 1
         return n
 

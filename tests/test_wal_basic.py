@@ -234,3 +234,19 @@ def test_rewrite_at_or_below_marker_clears_later_entries(tmp_path) -> None:
     wal, _, hs, got = WAL.open(d, SnapshotMarker(2, 2), segment_bytes=SEG)
     wal.close()
     assert got == [] and hs == HardState(2, 1, 2)
+
+
+def test_oversized_record_is_refused_before_writing() -> None:
+    """A record over the 64 MiB frame limit raises RecordTooLargeError and writes nothing;
+    the WAL stays usable."""
+    fs = FakeFS()
+    fs.makedirs("/d")
+    wal = WAL.create("/d/wal", META, fs=fs, segment_bytes=1 << 16)
+    steps = fs.steps
+    with pytest.raises(errors.RecordTooLargeError):
+        wal.save(None, [Entry(1, 1, 0, bytes(64 << 20))], sync=True)
+    assert fs.steps == steps
+    wal.save(None, entries(1, 1), sync=True)
+    wal.close()
+    _, _, _, got = WAL.open("/d/wal", SnapshotMarker(0, 0), fs=fs, segment_bytes=1 << 16)
+    assert got == entries(1, 1)

@@ -41,6 +41,10 @@ class MetadataConflictError(WALError):
     """Two segments carry different metadata (member/cluster identity)."""
 
 
+class RecordTooLargeError(WALError):
+    """A record's body exceeds the frame limit (64 MiB); nothing was written."""
+
+
 class FatalIOError(WALError):
     """A write or fsync failed. The WAL is now unusable: log it and exit, never retry."""
 

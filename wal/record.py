@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import crcmod.predefined
 
+from wal.errors import RecordTooLargeError
+
 _crc32c: Callable[[Any, int], int] = crcmod.predefined.mkCrcFun("crc-32c")
 crc32c = _crc32c
 # The C routine behind crcmod's Python wrapper, called directly on the hot paths: it works on
@@ -120,6 +122,8 @@ def encode_frame(
 ) -> int:
     """Appends one frame's parts to `out`; returns the new chain value."""
     n = len(body)
+    if n > FRAME_BODY_BYTES_MAX:
+        raise RecordTooLargeError(f"wal: record of {n} bytes exceeds {FRAME_BODY_BYTES_MAX}")
     pad = -n & 7
     tail = HEADER_TAIL.pack(prev_crc, n | pad << PAD_SHIFT, rtype, 0, MAGIC, synced_bytes)
     crc = crc32c(body, crc32c(tail, prev_crc))
@@ -149,6 +153,8 @@ def encode_entries(
     for e in entries:
         data = e.data
         n = 24 + len(data)
+        if n > FRAME_BODY_BYTES_MAX:
+            raise RecordTooLargeError(f"wal: entry {e.index} of {n} bytes is too large")
         pad = -n & 7
         rest = (
             pack_head(
