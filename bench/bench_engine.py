@@ -32,6 +32,15 @@ def timed(fn: Callable[[], object]) -> float:
 CPU = [0.0]
 
 
+REPEATS = 3  # the best of a few runs: the other engineers' processes share the cores
+
+
+def best_rate(n: int, runs: list[tuple[float, float]]) -> str:
+    wall = min(r[0] for r in runs)
+    cpu = min(r[1] for r in runs)
+    return f"{n / wall:10,.0f}/s wall, {n / max(cpu, 1e-9):10,.0f}/s cpu (best of {len(runs)})"
+
+
 def rate(n: int, wall_s: float) -> str:
     return f"{n / wall_s:10,.0f}/s wall, {n / max(CPU[0], 1e-9):10,.0f}/s cpu"
 
@@ -52,14 +61,16 @@ def bench_puts(root: str, n: int, rng: random.Random) -> Store:
     rnd = [rng.randbytes(16) for _ in range(n)]
     for name, ks in (("sequential", seq), ("random", rnd)):
         for sync in (False, True):
-            path = tempfile.mkdtemp(dir=root)
-            s = Store.open(path)
-            reqs = put_requests(ks)
-            dt = timed(lambda s=s, reqs=reqs, sync=sync: load(s, reqs, sync))
+            runs = []
+            for _ in range(REPEATS):
+                path = tempfile.mkdtemp(dir=root)
+                s = Store.open(path)
+                reqs = put_requests(ks)
+                runs.append((timed(lambda s=s, reqs=reqs, sync=sync: load(s, reqs, sync)), CPU[0]))
+                s.close()
+                shutil.rmtree(path)
             tag = "fsync per batch" if sync else "no fsync"
-            print(f"put {name:10s} keys, 1000/batch, {tag:15s}: {rate(n, dt)}")
-            s.close()
-            shutil.rmtree(path)
+            print(f"put {name:10s} keys, 1000/batch, {tag:15s}: {best_rate(n, runs)}")
     path = tempfile.mkdtemp(dir=root)
     s = Store.open(path)
     load(s, put_requests(rnd), False)
@@ -70,8 +81,8 @@ def bench_puts(root: str, n: int, rng: random.Random) -> Store:
 def bench_reads(s: Store, rng: random.Random) -> None:
     ks = s.random_keys  # type: ignore[attr-defined]
     reqs = [pb.RangeRequest(key=rng.choice(ks)) for _ in range(50_000)]
-    dt = timed(lambda: [s.range(r) for r in reqs])
-    print(f"latest point get                               : {rate(len(reqs), dt)}")
+    runs = [(timed(lambda: [s.range(r) for r in reqs]), CPU[0]) for _ in range(REPEATS)]
+    print(f"latest point get                               : {best_rate(len(reqs), runs)}")
     # 1,000 keys under a prefix, then overwritten so a historical read has to skip newer ones
     with s.write_batch() as b:
         for i in range(1000):
@@ -109,6 +120,25 @@ def bench_replay(s: Store, events: int) -> None:
     print(f"replay {events:,} events to a new watcher      : {rate(events, dt)}")
 
 
+def bench_compaction(s: Store) -> None:
+    """Compact everything written so far: the writer's pause is one step (1,000 records)."""
+    steps: list[float] = []
+    t0 = time.perf_counter()
+    with s.write_batch() as b:
+        b.compact(s.revision)
+    steps.append(time.perf_counter() - t0)
+    while True:
+        t0 = time.perf_counter()
+        more = s.compaction_step()
+        steps.append(time.perf_counter() - t0)
+        if not more:
+            break
+    print(
+        f"compaction of {s.revision:,} revisions in {len(steps)} steps: "
+        f"{sum(steps):.2f} s wall, longest step {max(steps) * 1e3:.1f} ms"
+    )
+
+
 def bench_open(root: str, n: int) -> None:
     path = tempfile.mkdtemp(dir=root)
     s = Store.open(path)
@@ -138,6 +168,7 @@ def main() -> None:
         s = bench_puts(root, args.puts, rng)
         bench_reads(s, rng)
         bench_replay(s, args.events)
+        bench_compaction(s)
         s.close()
         bench_open(root, 10_000)
         if args.large:

@@ -228,8 +228,29 @@ def do_range(
     if limit > 0 and len(entries) > limit:
         del entries[limit:]
         resp.more = True
-    resp.kvs.extend([to_kv(txn, dbs, e, with_value) for e in entries])
+    _fill(txn, dbs, resp, entries, with_value)
     return resp
+
+
+def _fill(
+    txn: Any, dbs: Dbs, resp: rpc_pb2.RangeResponse, entries: list[Entry], with_value: bool
+) -> None:
+    """Append entries to resp.kvs (field by field: much cheaper than KeyValue(**kwargs))."""
+    add = resp.kvs.add
+    get = txn.get
+    log = dbs.log
+    rev_pack = keys._REV.pack
+    for e in entries:
+        kv = add()
+        kv.key = e.key
+        kv.create_revision = e.create
+        kv.mod_revision = e.main
+        kv.version = e.version
+        if e.lease:
+            kv.lease = e.lease
+        if with_value:
+            rec = get(rev_pack(e.main, b"_", e.sub), db=log)
+            kv.value = rec[_LOG_SIZE + len(e.key) :]
 
 
 def _passes(req: rpc_pb2.RangeRequest, e: Entry) -> bool:
@@ -240,3 +261,19 @@ def _passes(req: rpc_pb2.RangeRequest, e: Entry) -> bool:
     if req.max_create_revision and e.create > req.max_create_revision:
         return False
     return not (req.min_create_revision and e.create < req.min_create_revision)
+
+
+def lease_keys(txn: Any, dbs: Dbs, lease_id: int) -> list[bytes]:
+    """The keys attached to a lease, in key order (a revoke deletes them in this order)."""
+    prefix = keys.u64(lease_id & keys.MAIN_MAX)
+    cur = txn.cursor(db=dbs.lkeys)
+    out = []
+    ok = cur.set_range(prefix)
+    while ok:
+        k = cur.key()
+        if k[:8] != prefix:
+            break
+        out.append(bytes(cur.value()))
+        ok = cur.next()
+    out.sort()
+    return out

@@ -184,7 +184,7 @@ class Store:
             v = txn.get(keys.u64(lease_id & keys.MAIN_MAX), db=self.dbs.lease)
             if v is None:
                 raise errors.LeaseNotFoundError()
-            return keys.read_u64(v), lease_keys(txn, self.dbs, lease_id)
+            return keys.read_u64(v), reader.lease_keys(txn, self.dbs, lease_id)
 
     def leases(self) -> list[tuple[int, int]]:
         with self.env.begin() as txn:
@@ -261,21 +261,6 @@ def _open_env(path: str, map_size_bytes: int) -> Any:
 
 def _signed(n: int) -> int:
     return n - (1 << 64) if n >= 1 << 63 else n
-
-
-def lease_keys(txn: Any, dbs: reader.Dbs, lease_id: int) -> list[bytes]:
-    prefix = keys.u64(lease_id & keys.MAIN_MAX)
-    cur = txn.cursor(db=dbs.lkeys)
-    out = []
-    ok = cur.set_range(prefix)
-    while ok:
-        k = cur.key()
-        if k[:8] != prefix:
-            break
-        out.append(bytes(cur.value()))
-        ok = cur.next()
-    out.sort()
-    return out
 
 
 def request_cost(req: Any) -> int:

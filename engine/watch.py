@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 NOPUT = rpc_pb2.WatchCreateRequest.NOPUT
 NODELETE = rpc_pb2.WatchCreateRequest.NODELETE
 RING_EVENTS_MAX = 20_000
+RING_BYTES_MAX = 64 << 20  # keys + values held in the ring
 
 
 class Compacted(NamedTuple):
@@ -56,6 +57,9 @@ class Watcher:
         self.filters = filters
         self.notify = notify
         self.canceled = False
+        # Needs history and take() not called yet: etcd's "unsynced" watcher, which compaction
+        # cancels (a watcher that starts in the future is "synced" and never is).
+        self._fresh = start_revision <= hub.store.revision
 
     def matches(self, k: bytes) -> bool:
         end = self.range_end
@@ -63,12 +67,25 @@ class Watcher:
             return k == self.key
         return k >= self.key and (end == b"\x00" or k < end)
 
+    def wants(self, tomb: bool) -> bool:
+        """False if a NOPUT/NODELETE filter drops this kind of event. Filters apply while
+        collecting, so a take() that returns [] really had nothing left."""
+        return (NODELETE if tomb else NOPUT) not in self.filters
+
     def take(self, max_events: int = 1000) -> list[kv_pb2.Event] | Compacted:
         """The next events, whole revisions only (at least one revision even if it alone has more
         than max_events); [] when nothing new."""
         if self.canceled:
             return []
         max_events = max(1, max_events)
+        if self._fresh:
+            # etcd cancels an unsynced watcher whose start is below the compaction revision,
+            # even if the events happen to be still in memory (here: in the ring).
+            self._fresh = False
+            compacted = self.hub.store.compact_revision
+            if self.next_revision < compacted:
+                self.cancel()
+                return Compacted(compacted)
         raws = self.hub._from_ring(self, max_events)
         if raws is None:
             return self._replay(max_events)
@@ -103,11 +120,12 @@ class Watcher:
                 v = cur.value()
                 create, version, lease, klen = unpack(v)
                 key = bytes(v[size : size + klen])
-                if self.matches(key):
+                if self.matches(key) and self.wants(tomb):
                     value = b"" if tomb else bytes(v[size + klen :])
                     out.append((main, sub, tomb, key, create, version, lease, value))
                 ok = cur.next()
-            self.next_revision = (last + 1) if ok else current + 1
+            # never backwards: a watcher may start beyond the current revision
+            self.next_revision = (last + 1) if ok else max(self.next_revision, current + 1)
             return self._build(txn, out, compacted)
 
     def _replay_key(self, txn: Any, current: int, max_events: int) -> list[RawEvent]:
@@ -126,11 +144,15 @@ class Watcher:
             if main < self.next_revision:
                 break
             sub, _, version, _ = keys.IDX_VALUE.unpack_from(cur.value())
-            found.append((main, sub, version == 0))
+            if self.wants(version == 0):
+                found.append((main, sub, version == 0))
             ok = cur.next()
         found.reverse()
         del found[max_events:]
-        self.next_revision = found[-1][0] + 1 if len(found) == max_events else current + 1
+        if len(found) == max_events:
+            self.next_revision = found[-1][0] + 1
+        else:
+            self.next_revision = max(self.next_revision, current + 1)
         out: list[RawEvent] = []
         size = keys.LOG_VALUE.size
         for main, sub, tomb in found:
@@ -151,8 +173,6 @@ class Watcher:
         events = []
         dbs = self.hub.store.dbs
         for main, _sub, tomb, key, create, version, lease, value in raws:
-            if (NODELETE if tomb else NOPUT) in self.filters:
-                continue
             ev = kv_pb2.Event(type=kv_pb2.Event.DELETE if tomb else kv_pb2.Event.PUT)
             kv = ev.kv
             kv.key = key
@@ -180,6 +200,7 @@ class WatchHub:
         self._ring: deque[tuple[int, list[RawEvent]]] = deque()
         self._ring_first = store.revision + 1
         self._ring_events = 0
+        self._ring_bytes = 0
 
     def active(self) -> bool:
         return bool(self._watchers)
@@ -212,6 +233,7 @@ class WatchHub:
             if events is None:  # the ring restarts after this batch
                 self._ring.clear()
                 self._ring_events = 0
+                self._ring_bytes = 0
                 self._ring_first = revision + 1
             else:
                 self._append(events)
@@ -240,12 +262,17 @@ class WatchHub:
                 j += 1
             if not self._ring:
                 self._ring_first = main
-            self._ring.append((main, events[i:j]))
+            evs = events[i:j]
+            self._ring.append((main, evs))
             self._ring_events += j - i
+            self._ring_bytes += _bytes(evs)
             i = j
-        while self._ring_events > self.ring_events_max and len(self._ring) > 1:
+        while len(self._ring) > 1 and (
+            self._ring_events > self.ring_events_max or self._ring_bytes > RING_BYTES_MAX
+        ):
             _, evs = self._ring.popleft()
             self._ring_events -= len(evs)
+            self._ring_bytes -= _bytes(evs)
             self._ring_first = self._ring[0][0]
 
     def _from_ring(self, w: Watcher, max_events: int) -> list[RawEvent] | None:
@@ -259,7 +286,11 @@ class WatchHub:
             i = w.next_revision - self._ring_first
             while i < len(self._ring) and len(out) < max_events:
                 main, evs = self._ring[i]
-                out.extend(e for e in evs if w.matches(e[3]))
+                out.extend(e for e in evs if w.matches(e[3]) and w.wants(e[2]))
                 w.next_revision = main + 1
                 i += 1
             return out
+
+
+def _bytes(evs: list[RawEvent]) -> int:
+    return sum(len(e[3]) + len(e[7]) for e in evs)

@@ -95,6 +95,9 @@ class Config:
     applied: int = 0
     max_size_per_msg: int = 1 << 20
     max_committed_size_per_ready: int = NO_LIMIT
+    # The leader drops proposals once the payload bytes of its uncommitted entries would pass
+    # this (etcd's MaxUncommittedEntriesSize): a leader that lost its quorum stops growing.
+    max_uncommitted_entries_size: int = NO_LIMIT
     max_inflight_msgs: int = 256
     pre_vote: bool = True
     check_quorum: bool = True
@@ -119,6 +122,9 @@ class Raft:
         hs, cs = c.storage.initial_state()
         self.max_msg_size = c.max_size_per_msg
         self.max_inflight = c.max_inflight_msgs
+        self.max_uncommitted_size = c.max_uncommitted_entries_size
+        # Invariant: payload bytes of this leader's entries not yet handed out as committed.
+        self.uncommitted_size = 0
         self.prs = ProgressTracker(c.max_inflight_msgs)
         self.election_timeout = c.election_tick
         self.heartbeat_timeout = c.heartbeat_tick
@@ -299,6 +305,7 @@ class Raft:
                 fresh.match = last
             self.prs.progress[member] = fresh
         self.pending_conf_index = 0
+        self.uncommitted_size = 0
         self.read_only = ReadOnly()
 
     def reset_randomized_election_timeout(self) -> None:
@@ -494,10 +501,26 @@ class Raft:
         if self.lead_transferee != NONE:
             raise ProposalDroppedError("a leader transfer is in progress")
         ents = m.entries
+        if self.max_uncommitted_size < NO_LIMIT:
+            self._check_uncommitted_size(ents)
         if any(e.type == ENTRY_CONF_CHANGE for e in ents):
             ents = self._filter_conf_changes(ents)
         self.append_entry(ents)
         self.bcast_append()
+
+    def _check_uncommitted_size(self, ents: tuple[Entry, ...]) -> None:
+        size = sum(len(e.data) for e in ents)
+        # One proposal is always let through, however big, so that progress is possible.
+        if self.uncommitted_size > 0 and self.uncommitted_size + size > self.max_uncommitted_size:
+            raise ProposalDroppedError("too many uncommitted entries")
+        self.uncommitted_size += size
+
+    def reduce_uncommitted_size(self, committed: list[Entry]) -> None:
+        """Committed entries were handed to the application: they no longer count."""
+        if self.state != LEADER:
+            return
+        size = sum(len(e.data) for e in committed)
+        self.uncommitted_size = max(0, self.uncommitted_size - size)
 
     def _filter_conf_changes(self, ents: tuple[Entry, ...]) -> tuple[Entry, ...]:
         out = list(ents)
@@ -531,14 +554,25 @@ class Raft:
             # The commit index of a new leader may lag; serve once its first entry commits.
             self.pending_read_index_messages.append(m)
             return
-        self._send_read_index_round(m)
+        self._add_read_request(m)
+        self._maybe_start_read_round()
 
-    def _send_read_index_round(self, m: Message) -> None:
+    def _add_read_request(self, m: Message) -> None:
         self.read_only.add_request(self.raft_log.committed, m)
         self.read_only.recv_ack(self.id, m.context)
+
+    def _maybe_start_read_round(self) -> None:
+        """Confirm leadership for every waiting read with one heartbeat round, unless a round
+        is already in flight: reads arriving meanwhile wait for it to end and then share the
+        next round (a round must start after a read arrives to serve it)."""
+        ro = self.read_only
+        if ro.round_ctx is not None or not ro.queue:
+            return
+        ctx = ro.queue[-1]
+        ro.round_ctx = ctx
         for member in self.prs.progress:
             if member != self.id:
-                self.send_heartbeat(member, m.context)
+                self.send_heartbeat(member, ctx)
 
     def committed_entry_in_current_term(self) -> bool:
         return self.raft_log.term_or_zero(self.raft_log.committed) == self.term
@@ -549,7 +583,8 @@ class Raft:
         pending = self.pending_read_index_messages
         self.pending_read_index_messages = []
         for m in pending:
-            self._send_read_index_round(m)
+            self._add_read_request(m)
+        self._maybe_start_read_round()
 
     def _respond_read_index(self, req: Message, index: int) -> None:
         if req.from_ == NONE or req.from_ == self.id:
@@ -622,6 +657,11 @@ class Raft:
             return
         for req, index in self.read_only.advance(m.context):
             self._respond_read_index(req, index)
+        # The acknowledged context covers the round in flight if it was at or after it.
+        ro = self.read_only
+        if ro.round_ctx is not None and ro.round_ctx not in ro.pending:
+            ro.round_ctx = None
+        self._maybe_start_read_round()
 
     def _leader_transfer(self, m: Message, pr: Progress) -> None:
         if pr.is_learner:

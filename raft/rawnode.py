@@ -23,6 +23,7 @@ from raft.raft import (
     Config,
     Raft,
 )
+from raft.storage import NO_LIMIT
 from raft.types import (
     EMPTY_HARD_STATE,
     ConfChange,
@@ -123,16 +124,18 @@ class RawNode:
 
     def has_ready(self) -> bool:
         r = self.raft
+        if r.msgs or r.read_states:  # the most common reasons first
+            return True
+        log = r.raft_log
+        u = log.unstable
+        if u.entries or u.snapshot is not None or log.has_next_ents():
+            return True
         ss = self.prev_soft_state
         if r.lead != ss.lead or r.state != ss.raft_state:
             return True
-        log = r.raft_log
-        if r.msgs or log.unstable.entries or log.has_next_ents() or r.read_states:
-            return True
-        if log.unstable.snapshot is not None:
-            return True
         hs = self.prev_hard_state
-        return (r.term, r.vote, log.committed) != (hs.term, hs.vote, hs.commit) and r.term != 0
+        changed = r.term != hs.term or r.vote != hs.vote or log.committed != hs.commit
+        return changed and (r.term, r.vote, log.committed) != (0, 0, 0)
 
     def ready(self) -> Ready:
         r = self.raft
@@ -150,6 +153,8 @@ class RawNode:
         u = log.unstable
         entries = u.entries[:] if u.entries else []
         committed = log.next_ents() if log.committed > log.applied else []
+        if committed and r.max_uncommitted_size < NO_LIMIT:
+            r.reduce_uncommitted_size(committed)
         rd = Ready(
             soft,
             hard,

@@ -3,7 +3,9 @@
 Theory of operation: a read request records the commit index at arrival and is tagged with its
 context; the leader sends a heartbeat round carrying that context. When a quorum acknowledges
 it, this request and every request queued before it are served at their recorded indices: one
-confirmation serves every read that was waiting.
+confirmation serves every read that was waiting. At most one round is in flight: reads that
+arrive meanwhile share the next one. Periodic heartbeats carry the latest context too, so a
+lost round delays reads by one heartbeat interval at most.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class ReadOnly:
     def __init__(self) -> None:
         self.pending: dict[bytes, ReadIndexStatus] = {}
         self.queue: list[bytes] = []
+        # The context of the heartbeat round in flight, if any (at most one at a time).
+        self.round_ctx: bytes | None = None
 
     def add_request(self, index: int, m: Message) -> None:
         ctx = m.context

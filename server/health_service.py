@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
 from api.grpc_health.v1 import health_pb2, health_pb2_grpc
 
-Status = health_pb2.HealthCheckResponse.ServingStatus
+Status: TypeAlias = health_pb2.HealthCheckResponse.ServingStatus
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
@@ -24,10 +25,10 @@ SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 
 class HealthServicer(health_pb2_grpc.HealthServicer):
     def __init__(self) -> None:
-        self._status: dict[str, int] = {"": SERVING}
+        self._status: dict[str, Status] = {"": SERVING}
         self._changed = asyncio.Event()
 
-    def set_status(self, service: str, status: int) -> None:
+    def set_status(self, service: str, status: Status) -> None:
         self._status[service] = status
         # Wake every watcher, then arm a fresh event for the next change.
         self._changed.set()
@@ -39,12 +40,13 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         status = self._status.get(request.service)
         if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, "unknown service")
+            raise AssertionError("abort() raises")
         return health_pb2.HealthCheckResponse(status=status)
 
     async def Watch(  # noqa: N802 (gRPC method name)
         self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[health_pb2.HealthCheckResponse]:
-        last = None
+        last: Status | None = None
         while True:
             changed = self._changed
             status = self._status.get(request.service, SERVICE_UNKNOWN)

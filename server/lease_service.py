@@ -90,7 +90,10 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
                 self._require_primary()
             except Exception as exc:
                 await abort(context, exc)
-            ttl_s = self._lessor.renew(request.ID)
+            try:
+                ttl_s = await self._lessor.keepalive(request.ID)
+            except Exception as exc:
+                await abort(context, exc)
             yield rpc_pb2.LeaseKeepAliveResponse(
                 header=self._node.header(), ID=request.ID, TTL=ttl_s
             )

@@ -4,11 +4,14 @@ Theory of operation. The store holds each lease's ID and granted TTL (the persis
 written by the applier); the lessor holds only deadlines, in memory, on the loop thread. As in
 etcd, only the leader (the *primary* lessor) keeps real deadlines; a follower keeps every
 lease forever. On promotion every deadline is reset to now + TTL + `extend` (etcd's Promote:
-leader changes extend leases), so an outage never revokes a lease its holder kept alive.
+leader changes extend leases), so an outage never revokes a lease its holder kept alive;
+more than 750 deadlines in one second are spread out, so a restart does not revoke a pile of
+leases at once.
 
 Expiry never deletes anything itself: each pass proposes a `LeaseRevoke` through Raft for up
 to `revoke_batch_max` expired leases, `revoke_inflight_max` at a time, and the applier deletes
 the keys at one revision on every member. A revoke that fails is retried after `retry_s`.
+A keepalive of a lease past its deadline waits for that revoke and then answers TTL 0.
 
 The lessor learns grants and revokes made through this member's Lease service at once, and
 any other change (grants applied from another member's proposals, snapshot installs) by
@@ -29,10 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
+from server.errors import NotLeaderError
 
 log = logging.getLogger(__name__)
 
 FOREVER_S = math.inf
+EXPIRED = -1  # renew(): past its deadline, revoke pending
 # etcd's MaxLeaseTTL: a larger requested TTL is refused with "too large lease TTL".
 LEASE_TTL_MAX_S = 9_000_000_000
 
@@ -77,6 +82,9 @@ class Lessor:
         self.expiries_per_s_max = expiries_per_s_max
         self._synced_at_s = -math.inf
         self.leases: dict[int, Lease] = {}
+        # Keepalives of expired leases, answered once the revoke is applied (True) or this
+        # member is demoted (False).
+        self._expiry_waiters: dict[int, asyncio.Future[bool]] = {}
         self.primary = False
         self._synced_index: int | None = None
 
@@ -124,6 +132,8 @@ class Lessor:
         self.primary = False
         for lease in self.leases.values():
             lease.deadline_s = FOREVER_S
+        for lease_id in list(self._expiry_waiters):
+            self._wake_expiry_waiters(lease_id, revoked=False)
 
     def on_leader_change(self, is_leader: bool) -> None:
         if is_leader:
@@ -138,18 +148,38 @@ class Lessor:
     def forget(self, lease_id: int) -> None:
         """A revoke was applied."""
         self.leases.pop(lease_id, None)
+        self._wake_expiry_waiters(lease_id, revoked=True)
 
     def renew(self, lease_id: int) -> int:
-        """A keepalive: the granted TTL, or 0 if the lease is unknown or already expired."""
+        """A keepalive: the granted TTL; 0 if the lease is unknown; EXPIRED if its deadline
+        passed and its revoke is on its way (see `keepalive`)."""
         lease = self.lookup(lease_id)
         if lease is None:
             return 0
         now = self._clock()
         if self.primary and lease.deadline_s <= now:
-            return 0  # expired: its revoke is on its way; etcd answers TTL 0 as well
+            return EXPIRED
         lease.deadline_s = self._deadline(lease.ttl_s)
         lease.retry_at_s = 0.0
         return lease.ttl_s
+
+    async def keepalive(self, lease_id: int) -> int:
+        """`renew`, except that for an expired lease it waits until the revoke is applied and
+        then answers 0, as etcd does, so a client told TTL 0 finds the keys gone. Raises
+        NotLeaderError if this member loses leadership meanwhile."""
+        ttl_s = self.renew(lease_id)
+        if ttl_s != EXPIRED:
+            return ttl_s
+        waiter = self._expiry_waiters.setdefault(lease_id, asyncio.Future())
+        revoked = await asyncio.shield(waiter)
+        if not revoked:
+            raise NotLeaderError()
+        return 0
+
+    def _wake_expiry_waiters(self, lease_id: int, *, revoked: bool) -> None:
+        waiter = self._expiry_waiters.pop(lease_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(revoked)
 
     # -- queries ---------------------------------------------------------------------
 
@@ -237,6 +267,7 @@ class Lessor:
         stored = dict(store.leases())
         for lease_id in [lease_id for lease_id in self.leases if lease_id not in stored]:
             del self.leases[lease_id]
+            self._wake_expiry_waiters(lease_id, revoked=True)
         for lease_id, ttl_s in stored.items():
             if lease_id not in self.leases:
                 self.leases[lease_id] = Lease(lease_id, ttl_s, self._deadline(ttl_s))

@@ -167,6 +167,12 @@ def _register_gauges(node: Node) -> None:
         "Size of the backend file.",
         lambda: float(node.store.size_bytes()),
     )
+    storage = node.storage
+    gauge(
+        "petra_wal_entries_per_sync",
+        "Mean entries per synced WAL write (group commit).",
+        lambda: storage.synced_entries / max(1, storage.synced_writes),
+    )
     gauge("etcd_debugging_mvcc_current_revision", "The current revision of the store.",
           lambda: float(node.store.revision))  # fmt: skip
 
@@ -195,9 +201,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"petra: {exc}", file=sys.stderr)
         sys.exit(1)
     _configure_logging(config.log_level)
-    # The storage thread hands each batch back while the loop runs Python: with the default
-    # 5 ms GIL switch interval it can wait that long to get the GIL after its fsync.
-    sys.setswitchinterval(float(os.environ.get("PETRA_SWITCH_INTERVAL_S", "0.0005")))
     try:
         asyncio.run(_main(config))
     except StartError as exc:

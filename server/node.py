@@ -39,6 +39,31 @@ CATCH_UP_ENTRIES = 5000
 QUOTA_SLACK_BYTES = 64 * 1024 * 1024
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(number: int) -> bytes:
+    return _varint(number << 3 | 2)  # wire type 2: length-delimited
+
+
+_FIELDS = internal_pb2.InternalRequest.DESCRIPTOR.fields_by_name
+_TAGS = {name: _tag(field.number) for name, field in _FIELDS.items() if field.message_type}
+_HEADER_TAG = _tag(_FIELDS["header"].number)
+_ID_TAG = _varint(internal_pb2.InternalRequestHeader.DESCRIPTOR.fields_by_name["ID"].number << 3)
+
+
+def _varint_id_header(request_id: int) -> bytes:
+    """The length-prefixed encoding of InternalRequestHeader(ID=request_id)."""
+    body = _ID_TAG + _varint(request_id)
+    return _varint(len(body)) + body
+
+
 def _fatal(exc: BaseException) -> None:
     log.critical("fatal storage error, exiting: %r", exc)
     os._exit(1)
@@ -69,8 +94,11 @@ class Node:
             tick_interval_s=config.heartbeat_interval_ms / 1000,
             on_snapshot=self._compact_raft_log,
             on_conf_change=self._apply_conf_change,
+            # etcd's: 5 s plus two election timeouts.
+            request_timeout_s=5.0 + 2 * config.election_timeout_ms / 1000,
         )
         self.applier = Applier(rec.store, self.member_id, self.cluster_id)
+        self.applier.alarms.update(rec.alarms)
         self.storage = StorageThread(
             rec.wal,
             self.applier,
@@ -166,6 +194,18 @@ class Node:
         outcome = await self.driver.propose(request_id, data)
         return outcome
 
+    async def propose_op(self, field: str, message: Any) -> Any:
+        """propose() for InternalRequest(**{field: message}), without copying `message` into a
+        new InternalRequest: the entry bytes are the header and the message's own encoding,
+        framed as that InternalRequest would be (the hot path of Put/DeleteRange/Txn)."""
+        request_id = self.next_id()
+        body = message.SerializeToString()
+        data = b"".join((_HEADER_TAG, _varint_id_header(request_id), _TAGS[field],
+                         _varint(len(body)), body))  # fmt: skip
+        if len(data) > self.config.max_request_bytes:
+            raise errors.RequestTooLargeError()
+        return await self.driver.propose(request_id, data)
+
     async def read_barrier(self) -> None:
         await self.driver.read_barrier()
 
@@ -238,7 +278,8 @@ class Node:
         if sync is not None:
             sync()  # the engine must hold everything up to `index` before the WAL lets it go
         voters, learners = self._conf_lists()
-        self.snapshotter.save(term, index, encode_snapshot_data(voters, learners))
+        alarms = sorted(self.applier.alarms)
+        self.snapshotter.save(term, index, encode_snapshot_data(voters, learners, alarms))
         from wal import SnapshotMarker
 
         self.wal.save_snapshot(SnapshotMarker(index, term))

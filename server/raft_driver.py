@@ -17,6 +17,7 @@ acknowledged. A batch resolves once the applied index reaches its read index.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import time
@@ -55,6 +56,7 @@ class RaftDriver:
         tick_interval_s: float,
         on_conf_change: Callable[[Any], None] | None = None,
         on_snapshot: Callable[[int], None] | None = None,
+        request_timeout_s: float = 7.0,
     ) -> None:
         self.raw = raw_node
         self.memory = memory_storage
@@ -71,6 +73,12 @@ class RaftDriver:
         self.is_leader = False
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._proposals: list[tuple[int, bytes]] = []
+        # (deadline, request ID) in proposal order, so deadlines ascend: the tick fails the
+        # expired ones with etcd's "request timed out" (the entry may still apply later).
+        self._deadlines: collections.deque[tuple[float, int]] = collections.deque()
+        self.request_timeout_s = request_timeout_s
+        # The peer transport's send(messages), set when there is one.
+        self.send: Callable[[Any], None] | None = None
         self._in_flight: ReadyJob | None = None
         self._in_flight_ready: Any = None
         self._scheduled = False
@@ -118,6 +126,7 @@ class RaftDriver:
             raise errors.NoLeaderError() if not self.leader_id else errors.NotCapableError()
         future = self.loop.create_future()
         self._waiters[request_id] = future
+        self._deadlines.append((time.monotonic() + self.request_timeout_s, request_id))
         # Handed to Raft in one batch by _drive: one append message for all of them.
         self._proposals.append((request_id, data))
         self.kick()
@@ -178,6 +187,17 @@ class RaftDriver:
                 waiting.append(batch)
         self._read_ready = waiting
 
+    def _expire_proposals(self) -> None:
+        deadlines = self._deadlines
+        if not deadlines:
+            return
+        now_s = time.monotonic()
+        while deadlines and deadlines[0][0] < now_s:
+            _, request_id = deadlines.popleft()
+            future = self._waiters.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_exception(errors.RequestTimeoutError())
+
     def _retry_lost_reads(self) -> None:
         # A ReadIndex request can be dropped (leader change, no commit in this term yet): ask
         # again rather than leave the readers hanging.
@@ -187,6 +207,19 @@ class RaftDriver:
                 batch.sent_at_s = now_s
                 if self.leader_id:
                     self.raw.read_index(ctx)
+
+    # -- peers -----------------------------------------------------------------------------
+    def step(self, message: Any) -> None:
+        """A Raft message from a peer (the peer transport calls this on the loop)."""
+        if self._stopped:
+            return
+        self.raw.step(message)
+        self.kick()
+
+    def _send(self, messages: Any) -> None:
+        # No peer transport yet (single-member clusters): a lone voter sends nothing.
+        if self.send is not None:
+            self.send(messages)
 
     # -- the loop --------------------------------------------------------------------------
     def kick(self) -> None:
@@ -199,6 +232,7 @@ class RaftDriver:
             return
         self.raw.tick()
         self._retry_lost_reads()
+        self._expire_proposals()
         self._ticker = self.loop.call_later(self.tick_interval_s, self._tick)
         self.kick()
 
@@ -219,7 +253,22 @@ class RaftDriver:
             self.commit_index = max(self.commit_index, rd.hard_state.commit)
         if rd.read_states:
             self._on_read_states(rd.read_states)
+        if rd.messages and self.is_leader:
+            # A leader may send while it persists (Raft thesis 10.2.1); a follower must not
+            # acknowledge entries before they are on its disk, so it sends in on_job_done.
+            self._send(rd.messages)
         job = ReadyJob(rd.hard_state, rd.entries, rd.must_sync, rd.committed_entries)
+        if (
+            rd.hard_state is None
+            and not rd.entries
+            and not rd.committed_entries
+            and rd.snapshot is None
+        ):
+            # Nothing to persist or apply (a read index, a leader change): no storage trip.
+            self._in_flight_ready = rd
+            self._in_flight = job
+            self.on_job_done(job)
+            return
         self._in_flight = job
         self._in_flight_ready = rd
         assert self.storage is not None
@@ -238,6 +287,8 @@ class RaftDriver:
         for entry in rd.committed_entries:
             if entry.type != 0 and self.on_conf_change is not None:
                 self.on_conf_change(entry)
+        if rd.messages and not self.is_leader:
+            self._send(rd.messages)
         self.raw.advance(rd)
         if rd.committed_entries:
             self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)

@@ -109,10 +109,14 @@ def register_gauges(services: Services) -> None:
 
 
 def register(grpc_server: Any, services: Services) -> None:
-    rpc_pb2_grpc.add_WatchServicer_to_server(services.watch, grpc_server)
-    rpc_pb2_grpc.add_LeaseServicer_to_server(services.lease, grpc_server)
-    v3lock_pb2_grpc.add_LockServicer_to_server(services.lock, grpc_server)
-    v3election_pb2_grpc.add_ElectionServicer_to_server(services.election, grpc_server)
+    adders: tuple[tuple[Callable[[Any, Any], None], Any], ...] = (
+        (rpc_pb2_grpc.add_WatchServicer_to_server, services.watch),
+        (rpc_pb2_grpc.add_LeaseServicer_to_server, services.lease),
+        (v3lock_pb2_grpc.add_LockServicer_to_server, services.lock),
+        (v3election_pb2_grpc.add_ElectionServicer_to_server, services.election),
+    )
+    for add, servicer in adders:
+        add(servicer, grpc_server)
 
 
 def start(node: Any, services: Services, *, loops: bool = True) -> None:

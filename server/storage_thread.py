@@ -99,6 +99,9 @@ class StorageThread:
         self.on_fatal = on_fatal
         # The WAL write + fsync latency histogram (server/metrics.py), if metrics are wired.
         self.fsync_seconds: Any = None
+        # Synced WAL writes and the entries they carried: their ratio is the group-commit size.
+        self.synced_writes = 0
+        self.synced_entries = 0
         # The engine's file size after the last applied batch, for the loop's quota check.
         self.db_size_bytes = self.store.size_bytes()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -183,6 +186,9 @@ class StorageThread:
         self.wal.save(job.hard_state, job.entries, sync=job.must_sync)
         if job.must_sync and self.fsync_seconds is not None:
             self.fsync_seconds.observe(None, time.perf_counter() - started_s)
+        if job.must_sync:
+            self.synced_writes += 1
+            self.synced_entries += len(job.entries)
         if failpoints.armed is not None:
             failpoints.hit(AFTER_SAVE)
 

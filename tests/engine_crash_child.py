@@ -1,8 +1,8 @@
 """Child process of tests/test_engine_crash.py: applies work and reports progress on stdout
 until the parent kills it with SIGKILL.
 
-    python -m tests.engine_crash_child apply <dir> <seed>    # batches 1.. (batch i is a pure
-                                                             # function of seed and i)
+    python -m tests.engine_crash_child apply <dir> <seed> [nosync]   # batches 1.. (batch i is
+                                                             # a pure function of seed and i)
     python -m tests.engine_crash_child compact <dir> <rev>   # compact in tiny steps
 """
 
@@ -45,7 +45,7 @@ def main() -> None:
     store = Store.open(path, map_size_bytes=1 << 30)
     if mode == "apply":
         for i in range(store.consistent_index + 1, BATCHES_MAX):
-            with store.write_batch(sync=True) as b:
+            with store.write_batch(sync=len(sys.argv) < 5) as b:
                 apply_batch(b, arg, i)
             print(f"applied {i}", flush=True)
     else:
@@ -55,6 +55,7 @@ def main() -> None:
                 b.compact(arg)
             print("scheduled", flush=True)
         while store.compaction_step(4):
+            store.sync()  # an fsync per step keeps the child from racing far past the kill point
             print("step", flush=True)
         print("done", flush=True)
 

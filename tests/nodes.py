@@ -20,6 +20,7 @@ import dataclasses
 import os
 import pathlib
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,6 +64,8 @@ class Node:
     peer_port: int = 0
     metrics_port: int = 0
     extra_args: tuple[str, ...] = ()
+    # When set, the whole command line instead of the flags above (configuration tests).
+    args_override: tuple[str, ...] | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: pathlib.Path | None = None
@@ -91,9 +94,10 @@ class Node:
         return argv + list(self.extra_args)
 
     def command(self) -> list[str]:
+        args = self.args() if self.args_override is None else list(self.args_override)
         if self.kind == "etcd":
-            return [ETCD_BIN, *self.args()]
-        return [sys.executable, "-m", "server.main", *self.args()]
+            return [ETCD_BIN, *args]
+        return [sys.executable, "-m", "server.main", *args]
 
     def _spawn(self) -> None:
         self.starts += 1
@@ -114,13 +118,26 @@ class Node:
         return "\n".join(text[-lines:])
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> Node:
-        """Start (or restart) and wait until a linearizable read succeeds."""
+        """Start (or restart) and wait until a linearizable read succeeds. On a first start the
+        ports are picked free; if another process takes one meanwhile, pick again."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
-        if not self.client_port:
-            self.client_port, self.peer_port, self.metrics_port = (free_port() for _ in range(3))
-        self._spawn()
-        self.wait_ready(timeout_s)
-        return self
+        first = not self.client_port
+        for attempt in range(3):
+            if first:
+                self.client_port, self.peer_port, self.metrics_port = (
+                    free_port() for _ in range(3)
+                )
+            self._spawn()
+            try:
+                self.wait_ready(timeout_s)
+                return self
+            except NodeFailed:
+                if not (first and attempt < 2 and "address already in use" in self.log_tail()):
+                    raise
+                self.kill9()
+                # A first start may have initialised the data dir for the clashing ports.
+                shutil.rmtree(self.data_dir, ignore_errors=True)
+        raise AssertionError("unreachable")
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Poll until the port accepts, then until a linearizable Range succeeds. Each gRPC

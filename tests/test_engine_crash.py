@@ -74,17 +74,19 @@ def test_kill_while_applying_batches(tmp_path: Path) -> None:
     """SIGKILL at a random point of a stream of synced batches: the reopened store is exactly
     the first consistent_index batches, which include every batch reported committed; a second
     child resumes from there."""
-    for seed in (1, 2, 3):
+    for seed in (1, 2, 3, 4):
         rng = random.Random(seed)
         path = tmp_path / f"crash{seed}"
         kill_at = rng.randint(3, 60)
-        seen = run_and_kill(["apply", str(path), str(seed)], kill_at)
+        # seed 4 commits without fsync: a process crash (not a power cut) still loses nothing
+        extra = ["nosync"] if seed == 4 else []
+        seen = run_and_kill(["apply", str(path), str(seed), *extra], kill_at)
         # resume once more and kill again: recovery composes
-        seen2 = run_and_kill(["apply", str(path), str(seed)], rng.randint(1, 20))
+        seen2 = run_and_kill(["apply", str(path), str(seed), *extra], rng.randint(1, 20))
         store = Store.open(str(path), map_size_bytes=1 << 30)
         ci = store.consistent_index
         acked = int((seen2 or seen)[-1].split()[1])
-        assert ci >= acked, f"seed {seed}: acknowledged batch {acked} lost (ci {ci})"
+        assert ci >= acked, f"seed {seed}: committed batch {acked} lost (ci {ci})"
         ref = reference(tmp_path / f"ref{seed}", seed, ci)
         assert dump(store) == dump(ref), f"seed {seed} kill_at {kill_at}: state != prefix {ci}"
         assert store.hash_kv(0) == ref.hash_kv(0)
@@ -96,7 +98,7 @@ def test_kill_while_compacting(tmp_path: Path) -> None:
     """SIGKILL in the middle of a compaction done in tiny batches: after reopening, the pending
     compaction resumes and the result equals an uninterrupted compaction, byte for byte."""
     seed = 7
-    base = reference(tmp_path / "base", seed, 150)
+    base = reference(tmp_path / "base", seed, 300)
     target = base.revision - 40
     base.close()
     for kill_at in (2, 9, 30):
@@ -106,7 +108,7 @@ def test_kill_while_compacting(tmp_path: Path) -> None:
         assert "done" not in seen, "the kill came too late to interrupt the compaction"
         store = Store.open(str(path), map_size_bytes=1 << 30)
         assert store.compact_revision == target
-        assert store.compaction_pending() or kill_at <= 1
+        assert store.compaction_pending(), f"kill_at {kill_at}: the compaction had finished"
         while store.compaction_step(4):
             pass
         ref_path = tmp_path / f"r{kill_at}"

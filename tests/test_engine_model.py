@@ -351,6 +351,10 @@ class EngineMachine(RuleBasedStateMachine):
         self.store.compaction_step()
 
     @rule()
+    def defragment(self) -> None:
+        self.store.defragment()
+
+    @rule()
     def reopen(self) -> None:
         self.store.close()
         self.store = Store.open(self.dir, map_size_bytes=1 << 28)
@@ -422,7 +426,8 @@ class EngineMachine(RuleBasedStateMachine):
         if start < m.compacted:
             assert got == Compacted(m.compacted)
             return
-        assert got == self._expected_events(start, key, end, prev, filters)
+        expected = self._expected_events(start, key, end, prev, filters)
+        assert got == expected, (start, m.compacted, got, expected)
         w.cancel()
 
     @rule(key=keys_st, end=ends_st)

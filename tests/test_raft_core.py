@@ -170,3 +170,24 @@ def test_hard_state_reported_once() -> None:
     m.node.advance(rd)
     m.node.tick()
     assert not m.node.has_ready()
+
+
+def test_uncommitted_entries_size_limit() -> None:
+    """A leader that cannot commit refuses proposals once its uncommitted payload would pass
+    max_uncommitted_entries_size, and accepts them again once the backlog commits."""
+    c = Cluster(3)
+    for m in c.members.values():
+        m.raft.max_uncommitted_size = 100
+    leader = c.elect(1)
+    c.isolated = {2, 3}
+    leader.node.propose(b"x" * 40)
+    leader.node.propose(b"x" * 40)
+    with pytest.raises(ProposalDroppedError):
+        leader.node.propose(b"x" * 40)
+    c.stabilize()
+    c.isolated = set()
+    c.tick_all(3)
+    assert len(leader.applied) == 2
+    leader.node.propose(b"x" * 40)  # accepted again
+    c.stabilize()
+    assert len(leader.applied) == 3

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 from raft.log import RaftLog
+from raft.raft import Raft
 from tests.raft_sim import CHAOS, SafetyViolation, SimParams, replay_command, run_seed
 
 # (name, params, first seed, seed count): 650 seeds in all.
@@ -85,3 +86,18 @@ def test_simulator_catches_votes_for_stale_logs(monkeypatch: pytest.MonkeyPatch)
     found = _first_failing_seed(SimParams(members=3), range(0, 300))
     assert found is not None, "the simulator missed the planted voting bug"
     print(f"planted voting bug caught by seed {found[0]}: {found[1]}")
+
+
+def test_simulator_catches_reads_without_leadership_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planted bug: the leader answers a read index from its commit index without confirming
+    its leadership; a deposed leader then serves stale reads."""
+    monkeypatch.setattr(
+        Raft,
+        "_leader_read_index",
+        lambda self, m: self._respond_read_index(m, self.raft_log.committed),
+    )
+    found = _first_failing_seed(SimParams(members=3), range(0, 300))
+    assert found is not None, "the simulator missed the planted read-index bug"
+    print(f"planted read-index bug caught by seed {found[0]}: {found[1]}")

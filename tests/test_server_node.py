@@ -334,3 +334,106 @@ def test_snapshot_file_without_wal_record_is_skipped(tmp_path: Any) -> None:
 
     run(first())
     run(second())
+
+
+@pytest.mark.slow
+def test_startup_time_does_not_grow_with_keys(tmp_path: Any) -> None:
+    """Start-up reads the snapshot and the WAL tail only: with 10x the keys (same WAL tail
+    length bound), opening the node takes about as long."""
+    import time
+
+    def fill_and_time(directory: str, keys: int) -> float:
+        config = config_for(tmp_path / directory, snapshot_count=1000)
+
+        async def fill() -> None:
+            node = await started(config)
+            for first in range(0, keys, 500):
+                await asyncio.gather(
+                    *(node.propose(put(b"k%07d" % i, b"v" * 64)) for i in range(first, first + 500))
+                )
+            await node.stop()
+
+        async def reopen() -> float:
+            started_s = time.perf_counter()
+            node = await started(config)
+            elapsed_s = time.perf_counter() - started_s
+            assert node.store.revision == keys + 1
+            await node.stop()
+            return elapsed_s
+
+        run(fill())
+        return min(run(reopen()) for _ in range(3))
+
+    small_s = fill_and_time("small", 2_000)
+    large_s = fill_and_time("large", 20_000)
+    print(f"start-up: 2k keys {small_s * 1000:.0f} ms, 20k keys {large_s * 1000:.0f} ms")
+    assert large_s < 3 * small_s + 0.2
+
+
+def test_stalled_disk_times_out_requests(tmp_path: Any) -> None:
+    """While the WAL write hangs, a proposal fails with "request timed out" after the request
+    timeout; once the disk is back the node serves again."""
+    import threading
+
+    from wal import failpoints
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        node.driver.request_timeout_s = 0.3
+        disk_back = threading.Event()
+        failpoints.arm("server.before_wal_save", lambda name: disk_back.wait(30))
+        try:
+            with pytest.raises(errors.RequestTimeoutError):
+                await node.propose(put(b"slow"))
+        finally:
+            failpoints.disarm_all()
+            disk_back.set()
+        response = await node.propose(put(b"fast"))
+        assert response.header.revision == 3  # the timed-out put was applied after all
+        await node.stop()
+
+    run(body())
+
+
+def test_alarms_survive_restart(tmp_path: Any) -> None:
+    """An activated alarm is still active after a restart, whether its entry sits in the WAL
+    tail or before the snapshot (snapshot-count 3), and still gates puts."""
+    config = config_for(tmp_path, snapshot_count=3)
+
+    def alarm(action: int) -> internal_pb2.InternalRequest:
+        return internal_pb2.InternalRequest(
+            alarm=rpc_pb2.AlarmRequest(action=action, memberID=7, alarm=rpc_pb2.AlarmType.NOSPACE)
+        )
+
+    async def first() -> None:
+        node = await started(config)
+        await node.propose(alarm(rpc_pb2.AlarmRequest.ACTIVATE))
+        for i in range(10):  # pushes the alarm entry below a snapshot
+            await node.propose(
+                internal_pb2.InternalRequest(
+                    delete_range=rpc_pb2.DeleteRangeRequest(key=b"x%d" % i)
+                )
+            )
+        await node.stop()
+
+    async def second() -> None:
+        node = await started(config)
+        try:
+            assert (7, rpc_pb2.AlarmType.NOSPACE) in node.applier.alarms
+            with pytest.raises(errors.NoSpaceError):
+                await node.propose(put(b"k"))
+            await node.propose(alarm(rpc_pb2.AlarmRequest.DEACTIVATE))
+        finally:
+            await node.stop()
+
+    async def third() -> None:
+        node = await started(config)
+        try:
+            assert not node.applier.alarms
+            assert (await node.propose(put(b"k"))).header.revision == 2
+        finally:
+            await node.stop()
+
+    run(first())
+    run(second())
+    run(third())

@@ -3,11 +3,14 @@ demotion, restore from the store; and the Lease service's grant/keepalive/TTL ru
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
+from server.errors import NotLeaderError
 from server.lease_service import IdGenerator, LeaseService
-from server.lessor import LEASE_TTL_MAX_S, Lessor, min_lease_ttl_s
+from server.lessor import EXPIRED, LEASE_TTL_MAX_S, Lessor, min_lease_ttl_s
 from server.service_errors import LeaseTTLTooLargeError
 from tests.services_fakes import FakeClock, FakeNode, async_test
 
@@ -67,11 +70,32 @@ async def test_keepalive_pushes_the_deadline_and_unknown_lease_gets_zero() -> No
 
 
 @async_test
-async def test_expired_but_not_yet_revoked_lease_is_not_renewed() -> None:
+async def test_keepalive_of_an_expired_lease_answers_zero_once_it_is_revoked() -> None:
+    """As in etcd, the keepalive of a lease past its deadline waits for the revoke to be
+    applied, then answers TTL 0 (so the client finds the keys gone)."""
+    node, clock, lessor, service = make()
+    await service.grant(5, 10)
+    put(node, b"k", 5)
+    clock.advance(10)
+    assert lessor.renew(5) == EXPIRED
+    keepalive = asyncio.ensure_future(lessor.keepalive(5))
+    await asyncio.sleep(0)
+    assert not keepalive.done()
+    assert await lessor.expire_once() == [5]
+    assert await keepalive == 0 and node.store.kvs == {}
+
+
+@async_test
+async def test_keepalive_of_an_expired_lease_fails_if_leadership_is_lost() -> None:
     node, clock, lessor, service = make()
     await service.grant(5, 10)
     clock.advance(10)
-    assert lessor.renew(5) == 0
+    keepalive = asyncio.ensure_future(lessor.keepalive(5))
+    await asyncio.sleep(0)
+    lessor.on_leader_change(False)
+    with pytest.raises(NotLeaderError):
+        await keepalive
+    assert node.store.leases() == [(5, 10)]  # not revoked: the new leader decides
 
 
 @async_test

@@ -23,10 +23,27 @@ from api.v3lockpb import v3lock_pb2
 from tests import nodes
 from tests.nodes import Node, Stubs, stubs, wait_for
 
-# The fixtures of tests.nodes, made visible to pytest in this module.
-node_kind = nodes.node_kind
-node = nodes.node
-shared_node = nodes.shared_node
+# Every test runs against petra, and against etcd 3.4.23 to prove the test itself; the etcd
+# runs are marked slow to keep the default suite short (`pytest -m ''` runs them).
+KINDS = [pytest.param("etcd", marks=pytest.mark.slow), "petra"]
+
+
+@pytest.fixture(params=KINDS)
+def node_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+node = nodes.node  # a fresh node of node_kind
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def shared_node(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Node]:
+    """One node per kind for this module; tests keep to their own key prefixes."""
+    with nodes.running(str(request.param), tmp_path_factory.mktemp("shared")) as n:
+        yield n
+
 
 CALL_TIMEOUT_S = 20.0
 
