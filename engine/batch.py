@@ -252,7 +252,7 @@ class WriteBatch:
                 out.response_delete_range.CopyFrom(dr)
             elif which == "request_txn":
                 tr, at = self._exec_txn(op.request_txn, path, at, main)
-                tr.header.revision = main if self._sub else self.rev
+                tr.header.SetInParent()  # etcd leaves a nested txn's header empty
                 out.response_txn.CopyFrom(tr)
             else:
                 raise errors.KeyNotFoundError()  # an empty RequestOp; check_txn rejects it first
