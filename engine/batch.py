@@ -137,7 +137,9 @@ class WriteBatch:
         return resp
 
     def compact(self, revision: int) -> None:
-        if revision <= self.compact_rev:
+        # etcd's compactMainRev is -1 until the first compaction, so compact(0) succeeds once.
+        floor = self.compact_rev if compaction.ever(self.ltxn, self.dbs) else -1
+        if revision <= floor:
             raise errors.CompactedError(self.compact_rev)
         if revision > self.rev:
             raise errors.FutureRevisionError()

@@ -30,6 +30,11 @@ def _get(txn: Any, dbs: reader.Dbs, name: bytes) -> int:
     return 0 if v is None else keys.read_u64(v)
 
 
+def ever(txn: Any, dbs: reader.Dbs) -> bool:
+    """True once any compaction (even at revision 0) was scheduled."""
+    return txn.get(_COMPACT, db=dbs.meta) is not None
+
+
 def pending(txn: Any, dbs: reader.Dbs) -> bool:
     return _get(txn, dbs, _FINISHED) < _get(txn, dbs, _COMPACT)
 

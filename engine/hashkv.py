@@ -20,7 +20,9 @@ crc32c = crcmod.predefined.mkCrcFun("crc-32c")
 def hash_kv(
     txn: Any, dbs: reader.Dbs, rev: int, current: int, compacted: int
 ) -> tuple[int, int, int]:
-    compact_rev = compacted if compacted else -1  # etcd's compactMainRev of a never-compacted store
+    """compacted: the compaction revision, -1 if the store was never compacted (etcd's
+    compactMainRev)."""
+    compact_rev = compacted
     if 0 < rev <= compact_rev:
         raise errors.CompactedError(compacted)
     if rev > current:

@@ -510,3 +510,18 @@ def test_watch_from_a_future_revision(store: Store) -> None:
             assert w.take(10) == [] and w_range.take(10) == []
     assert [e.kv.mod_revision for e in w.take(10)] == [4, 5, 6]
     assert [e.kv.mod_revision for e in w_range.take(10)] == [4, 5, 6]
+
+
+def test_compact_zero_on_a_new_store(store: Store) -> None:
+    """etcd's compaction revision starts at -1: compact(0) succeeds once (HashKV then reports
+    compact_revision 0 instead of -1), a second compact(0) is 'compacted'."""
+    put(store, b"a")
+    assert store.hash_kv(0)[1] == -1
+    with store.write_batch() as b:
+        b.compact(0)
+    assert store.hash_kv(0)[1] == 0 and store.compact_revision == 0
+    with store.write_batch() as b, pytest.raises(errors.CompactedError):
+        b.compact(0)
+    with store.write_batch() as b:
+        b.compact(1)
+    assert store.hash_kv(0)[1] == 1
