@@ -138,10 +138,6 @@ async def run(seed: int, tmp_path: pathlib.Path, steps: int = STEPS) -> None:
             elif roll < 0.8 and node.store.revision > node.store.compact_revision + 1:
                 low = max(node.store.compact_revision + 1, node.store.revision - 40)
                 revision = rng.randint(low, node.store.revision)
-                if revision in model.delete_revisions:
-                    # The engine still drops a tombstone at the compaction revision
-                    # (etcd#18089): pinned by the strict xfail test below, kept out of here.
-                    continue
                 compaction = rpc_pb2.CompactionRequest(revision=revision)
                 await node.propose(internal_pb2.InternalRequest(compaction=compaction))
             elif roll < 0.84:
@@ -222,11 +218,6 @@ def test_watch_guarantees_hold_under_long_random_workloads(
     async_test(run)(seed, tmp_path, 2000)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine: compaction at a delete revision drops that tombstone from the history, "
-    "so a watch from the compaction revision misses the DELETE (etcd#18089)",
-)
 def test_delete_at_the_compaction_revision_is_delivered(tmp_path: pathlib.Path) -> None:
     """etcd#18089's reproduction: put k x3, delete k (r5), put k, compact r5, watch from r5
     (allowed: it is not below the compaction): the DELETE at r5 comes first, then the put."""
