@@ -437,3 +437,23 @@ def test_alarms_survive_restart(tmp_path: Any) -> None:
     run(first())
     run(second())
     run(third())
+
+
+def test_cancelled_reader_does_not_cancel_its_batch(tmp_path: Any) -> None:
+    """Readers share one ReadIndex request: cancelling one of them (its client went away)
+    leaves the others' barrier intact."""
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        try:
+            await node.propose(put(b"x"))
+            readers = [asyncio.ensure_future(node.read_barrier()) for _ in range(3)]
+            await asyncio.sleep(0)  # let them all join the same batch
+            readers[0].cancel()
+            results = await asyncio.gather(*readers, return_exceptions=True)
+            assert isinstance(results[0], asyncio.CancelledError)
+            assert results[1:] == [None, None]
+        finally:
+            await node.stop()
+
+    run(body())
