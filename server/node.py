@@ -243,12 +243,12 @@ class Node:
             resume.wait()
 
         held = self.storage.call(park)
-        await self._loop.run_in_executor(None, parked.wait)
         try:
+            await self._loop.run_in_executor(None, parked.wait)
             self.store.defragment()
         finally:
-            resume.set()
-            await held
+            resume.set()  # also when cancelled: the storage thread must never stay parked
+        await held
 
     async def txn_read(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """A read-only Txn without Raft or the WAL: evaluated by the engine in a write batch
