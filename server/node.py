@@ -113,6 +113,9 @@ class Node:
         )
         self.driver.storage = self.storage
         self._stopped = False
+        # Held by long engine reads in worker threads (hash, snapshot copy) and by defragment,
+        # which swaps the engine's file under them.
+        self.backend_swap_lock = asyncio.Lock()
 
     @classmethod
     async def start(
@@ -242,6 +245,12 @@ class Node:
             parked.set()
             resume.wait()
 
+        async with self.backend_swap_lock:
+            await self._defragment_parked(parked, resume, park)
+
+    async def _defragment_parked(
+        self, parked: threading.Event, resume: threading.Event, park: Callable[[], None]
+    ) -> None:
         held = self.storage.call(park)
         try:
             await self._loop.run_in_executor(None, parked.wait)
