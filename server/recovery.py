@@ -270,5 +270,5 @@ def _decode_snapshot(loaded: tuple[int, int, bytes]) -> Any:
 
     term, index, data = loaded
     body = json.loads(data) if data else {"voters": [], "learners": []}
-    conf = raft.ConfState(voters=list(body["voters"]), learners=list(body["learners"]))
+    conf = raft.ConfState(voters=tuple(body["voters"]), learners=tuple(body["learners"]))
     return raft.Snapshot(data=data, index=index, term=term, conf_state=conf)
