@@ -137,6 +137,12 @@ class Node:
         if len(rec.identity.members) == 1:
             rec.raw_node.campaign()
             node.driver.kick()
+        else:
+            log.warning(
+                "initial cluster has %d members but this build has no peer transport yet: "
+                "no leader can be elected",
+                len(rec.identity.members),
+            )
         return node
 
     async def stop(self) -> None:
