@@ -261,3 +261,19 @@ def _passes(req: rpc_pb2.RangeRequest, e: Entry) -> bool:
     if req.max_create_revision and e.create > req.max_create_revision:
         return False
     return not (req.min_create_revision and e.create < req.min_create_revision)
+
+
+def lease_keys(txn: Any, dbs: Dbs, lease_id: int) -> list[bytes]:
+    """The keys attached to a lease, in key order (a revoke deletes them in this order)."""
+    prefix = keys.u64(lease_id & keys.MAIN_MAX)
+    cur = txn.cursor(db=dbs.lkeys)
+    out = []
+    ok = cur.set_range(prefix)
+    while ok:
+        k = cur.key()
+        if k[:8] != prefix:
+            break
+        out.append(bytes(cur.value()))
+        ok = cur.next()
+    out.sort()
+    return out

@@ -184,7 +184,7 @@ class Store:
             v = txn.get(keys.u64(lease_id & keys.MAIN_MAX), db=self.dbs.lease)
             if v is None:
                 raise errors.LeaseNotFoundError()
-            return keys.read_u64(v), lease_keys(txn, self.dbs, lease_id)
+            return keys.read_u64(v), reader.lease_keys(txn, self.dbs, lease_id)
 
     def leases(self) -> list[tuple[int, int]]:
         with self.env.begin() as txn:
@@ -233,9 +233,11 @@ class Store:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         self.env.copy(tmp, compact=True)
+        copied = os.path.join(tmp, "data.mdb")
+        _fsync_path(copied)  # the copy must be on disk before it replaces the original
         self.env.close()
-        for name in ("data.mdb",):
-            os.replace(os.path.join(tmp, name), os.path.join(self.path, name))
+        os.replace(copied, os.path.join(self.path, "data.mdb"))
+        _fsync_path(self.path)  # and the rename too: a crash leaves the old or the new file
         shutil.rmtree(tmp, ignore_errors=True)
         self.env = _open_env(self.path, self.map_size_bytes)
         self._open_dbs()
@@ -259,23 +261,16 @@ def _open_env(path: str, map_size_bytes: int) -> Any:
     )
 
 
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _signed(n: int) -> int:
     return n - (1 << 64) if n >= 1 << 63 else n
-
-
-def lease_keys(txn: Any, dbs: reader.Dbs, lease_id: int) -> list[bytes]:
-    prefix = keys.u64(lease_id & keys.MAIN_MAX)
-    cur = txn.cursor(db=dbs.lkeys)
-    out = []
-    ok = cur.set_range(prefix)
-    while ok:
-        k = cur.key()
-        if k[:8] != prefix:
-            break
-        out.append(bytes(cur.value()))
-        ok = cur.next()
-    out.sort()
-    return out
 
 
 def request_cost(req: Any) -> int:

@@ -31,6 +31,7 @@ def free_port() -> int:
 
 class Etcd:
     def __init__(self, tmp: Path) -> None:
+        tmp.mkdir(parents=True)
         self.client = f"127.0.0.1:{free_port()}"
         peer = f"http://127.0.0.1:{free_port()}"
         self.log = open(tmp / "etcd.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -71,11 +72,22 @@ class Etcd:
         self.log.close()
 
 
+def start_etcd(tmp: Path) -> Etcd:
+    """Start etcd on free ports; another process may grab a port first, so try again."""
+    for attempt in range(3):
+        etcd = Etcd(tmp / f"try{attempt}")
+        try:
+            etcd.wait_ready()
+            return etcd
+        except AssertionError:
+            etcd.stop()
+    raise AssertionError(f"etcd did not start; see {tmp}/try*/etcd.log")
+
+
 def test_hash_kv_matches_real_etcd(tmp_path: Path) -> None:
-    etcd = Etcd(tmp_path)
+    etcd = start_etcd(tmp_path)
     store = Store.open(str(tmp_path / "engine"))
     try:
-        etcd.wait_ready()
 
         def put(k: str, v: str, lease: int = 0) -> None:
             args = ["put", k, v] + ([f"--lease={lease:x}"] if lease else [])

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from api.etcdserverpb import rpc_pb2 as pb
-from engine import Compacted, Store, compaction, errors, reader, validate
+from engine import Compacted, Store, compaction, errors, keys, reader, validate
 from tests.engine_model import KV, Model, in_range, kv_tuple
 
 LONG = b"L" * 200
@@ -349,6 +349,31 @@ class EngineMachine(RuleBasedStateMachine):
     @rule()
     def compaction_step(self) -> None:
         self.store.compaction_step()
+
+    @precondition(lambda self: self.model.compacted > 0)
+    @rule()
+    def compacted_storage_is_etcds_keep_set(self) -> None:
+        """Once a compaction has finished, the history at or below C is exactly etcd's keep
+        set: the newest revision of each key alive at C, nothing else (no tombstones)."""
+        if self.store.compaction_pending():
+            return
+        c = self.model.compacted
+        keep = sorted((kv.mod, kv.key) for kv in self.model.states[c].values())
+        store = self.store
+        with store.env.begin() as txn:
+            got = []
+            for k, v in txn.cursor(db=store.dbs.log):
+                main, _, tomb = keys.parse_rev_key(bytes(k))
+                if main > c:
+                    break
+                assert not tomb
+                klen = keys.LOG_VALUE.unpack_from(v)[3]
+                got.append((main, bytes(v[keys.LOG_VALUE.size : keys.LOG_VALUE.size + klen])))
+            idx_old = sum(
+                1 for k, _ in txn.cursor(db=store.dbs.idx) if keys.uninv(bytes(k)[-8:]) <= c
+            )
+        assert sorted(got) == keep
+        assert idx_old == len(keep)
 
     @rule()
     def defragment(self) -> None:

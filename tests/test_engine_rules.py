@@ -483,3 +483,17 @@ def test_new_watcher_below_compaction_is_cancelled_even_if_in_memory(store: Stor
     w = store.watch_hub.watch(b"a", b"", 3)
     assert w.take(10) == Compacted(4)
     assert [e.kv.mod_revision for e in live.take(10)] == [2, 3, 4, 5, 6]
+
+
+def test_watch_from_a_future_revision(store: Store) -> None:
+    """A watcher may start beyond the current revision: it stays silent until the store gets
+    there, then sees exactly the events from its start on."""
+    w = store.watch_hub.watch(b"a", b"", 4)
+    w_range = store.watch_hub.watch(b"a", b"b", 4)
+    store.watch_hub.ring_events_max = 0  # force the LMDB replay path
+    for i in range(5):
+        put(store, b"a", b"%d" % i)  # revisions 2..6
+        if i == 0:
+            assert w.take(10) == [] and w_range.take(10) == []
+    assert [e.kv.mod_revision for e in w.take(10)] == [4, 5, 6]
+    assert [e.kv.mod_revision for e in w_range.take(10)] == [4, 5, 6]
