@@ -12,8 +12,9 @@ messages. Every random choice comes from one random.Random(seed), so a run repla
 
 After every round the simulator checks Raft's safety properties:
 - election safety: at most one leader per term;
-- log matching: an (index, term) pair names one entry everywhere (checked on every persisted
-  entry), and logs that agree at an index agree on everything before it (checked pairwise);
+- log matching: an (index, term) pair names one entry everywhere and always follows the same
+  predecessor term (checked on every persisted entry, so prefixes agree by induction), and
+  logs are also compared pairwise every 25 rounds;
 - leader completeness: a new leader holds the highest entry known to be committed;
 - state-machine safety: no two members apply different entries at one index;
 - read index: a read point is at or above every proposal acknowledged before the read began,
@@ -225,6 +226,7 @@ class Sim:
         # Checker state.
         self.leader_of_term: dict[int, int] = {}
         self.entry_at: dict[tuple[int, int], tuple[int, bytes]] = {}
+        self.prev_term_at: dict[tuple[int, int], int] = {}
         self.applied_at: dict[int, tuple[int, bytes]] = {}
         self.max_committed = (0, 0)  # (index, term) known committed
         self.next_proposal = 0
@@ -249,11 +251,21 @@ class Sim:
                 self.fail(f"two leaders in term {r.term}: {prev} and {m.id}")
             if rd.soft_state is not None:
                 self.check_leader_completeness(m)
+        log = r.raft_log
         for e in rd.entries:
             key = (e.index, e.term)
             got = self.entry_at.setdefault(key, (e.type, e.data))
             if got != (e.type, e.data):
                 self.fail(f"log matching: two entries at index {e.index} term {e.term}")
+            # Log matching, whole prefixes, per step: if every (index, term) always follows the
+            # same predecessor term, logs that agree at an entry agree on all before it.
+            if e.index - 1 >= log.first_index() - 1:
+                prev = log.term_or_zero(e.index - 1)
+                if self.prev_term_at.setdefault(key, prev) != prev:
+                    self.fail(
+                        f"log matching: entry {e.term}/{e.index} follows term {prev} on member "
+                        f"{m.id} but term {self.prev_term_at[key]} elsewhere"
+                    )
         if rd.hard_state is not None and rd.hard_state.commit > self.max_committed[0]:
             c = rd.hard_state.commit
             self.max_committed = (c, r.raft_log.term_or_zero(c))

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from raft import Entry
 from raft.log import RaftLog
 from raft.raft import Raft
 from tests.raft_sim import CHAOS, SafetyViolation, SimParams, replay_command, run_seed
@@ -106,3 +107,26 @@ def test_simulator_catches_reads_without_leadership_check(
     found = _first_failing_seed(SimParams(members=3), range(0, 300))
     assert found is not None, "the simulator missed the planted read-index bug"
     print(f"planted read-index bug caught by seed {found[0]}: {found[1]}")
+
+
+def test_simulator_catches_appends_without_the_consistency_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planted bug: a follower accepts an append without checking that its log matches at
+    the entry before it (§5.3); the per-step log matching check sees the diverging prefix."""
+
+    def buggy_maybe_append(
+        self: RaftLog, index: int, log_term: int, committed: int, ents: tuple[Entry, ...]
+    ) -> int | None:
+        if index > self.last_index():
+            return None
+        ci = self.find_conflict(ents)
+        if ci:
+            self.append(list(ents[ci - index - 1 :]))
+        self.commit_to(min(committed, index + len(ents)))
+        return index + len(ents)
+
+    monkeypatch.setattr(RaftLog, "maybe_append", buggy_maybe_append)
+    found = _first_failing_seed(SimParams(members=3), range(0, 300))
+    assert found is not None, "the simulator missed the planted log-matching bug"
+    print(f"planted log-matching bug caught by seed {found[0]}: {found[1]}")
