@@ -292,8 +292,10 @@ class Raft:
 
     def persisted_index(self) -> int:
         """The last index on this member's disk: storage only holds persisted entries."""
-        log = self.raft_log
-        return min(log.last_index(), log.unstable.offset - 1)
+        u = self.raft_log.unstable
+        if u.entries or u.snapshot is not None:
+            return u.offset - 1
+        return self.raft_log.storage.last_index()
 
     def on_persisted(self) -> None:
         """The application persisted what a Ready handed it (RawNode.advance)."""
