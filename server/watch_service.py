@@ -46,6 +46,9 @@ GRPC_OVERHEAD_BYTES = 512 * 1024
 # etcd's experimental-watch-progress-notify-interval default.
 PROGRESS_NOTIFY_INTERVAL_S = 600.0
 PROGRESS_RETRY_S = 0.005
+# Events one poll gathers at most (whole takes, so a little more): what a stream holds in
+# memory at a time, however many of its watchers are behind.
+POLL_EVENTS_MAX = 4 * TAKE_EVENTS_MAX
 
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
@@ -163,9 +166,14 @@ class WatchStream:
             control, self.control = self.control, []
             return control
         out: list[rpc_pb2.WatchResponse] = []
+        events = 0
         for watch_id in list(self.pending):
+            if events >= POLL_EVENTS_MAX:
+                break  # the rest stay pending, in order, for the next poll
             self.pending.pop(watch_id, None)
-            out.extend(self._pull(watch_id))
+            pulled = self._pull(watch_id)
+            events += sum(len(response.events) for response in pulled)
+            out.extend(pulled)
         if self.progress_tick_due:
             self.progress_tick_due = False
             out.extend(self._progress_notifies())
@@ -219,9 +227,11 @@ class WatchStream:
     def _progress_reply(self) -> list[rpc_pb2.WatchResponse]:
         """The answer to a progress request, if every watcher is caught up right now."""
         current = self.node.store.revision
-        out = []
+        out: list[rpc_pb2.WatchResponse] = []
         for watch_id in list(self.watchers):
             out.extend(self._pull(watch_id))
+            if sum(len(response.events) for response in out) >= POLL_EVENTS_MAX:
+                break
         if out:
             return out  # not caught up yet: send these, answer on a later poll
         if not all(watcher.hub.caught_up(current) for watcher in self.watchers.values()):

@@ -64,6 +64,8 @@ class Node:
     peer_port: int = 0
     metrics_port: int = 0
     extra_args: tuple[str, ...] = ()
+    # When set, the whole command line instead of the flags above (configuration tests).
+    args_override: tuple[str, ...] | None = None
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     log_path: pathlib.Path | None = None
@@ -92,9 +94,10 @@ class Node:
         return argv + list(self.extra_args)
 
     def command(self) -> list[str]:
+        args = self.args() if self.args_override is None else list(self.args_override)
         if self.kind == "etcd":
-            return [ETCD_BIN, *self.args()]
-        return [sys.executable, "-m", "server.main", *self.args()]
+            return [ETCD_BIN, *args]
+        return [sys.executable, "-m", "server.main", *args]
 
     def _spawn(self) -> None:
         self.starts += 1

@@ -58,6 +58,11 @@ def test_metrics_url_serves_health_and_metrics(node: Node) -> None:
     )
     assert int(count_line.split()[-1]) >= 3
     assert "etcd_server_has_leader 1" in text
+    if node.kind == "petra":  # petra's own per-method request metrics
+        assert 'petra_grpc_requests_total{method="/etcdserverpb.KV/Put"} 3' in text
+        assert 'petra_grpc_request_duration_seconds_count{method="/etcdserverpb.KV/Put"} 3' in text
+    else:  # etcd's go-grpc-prometheus equivalent
+        assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Put"' in text
 
 
 def test_http_on_client_port(node: Node) -> None:
@@ -105,7 +110,7 @@ def test_configured_by_environment_only(node_kind: str, tmp_path: pathlib.Path) 
         "ETCD_INITIAL_ADVERTISE_PEER_URLS": peer,
         "ETCD_INITIAL_CLUSTER": f"envnode={peer}",
     }
-    n.args = lambda: []  # type: ignore[method-assign]
+    n.args_override = ()
     try:
         n.start()
         s = stubs(n)
@@ -133,7 +138,7 @@ def test_configured_by_yaml_file(node_kind: str, tmp_path: pathlib.Path) -> None
         f"initial-cluster: yamlnode={peer}\n"
         "max-txn-ops: 4\n"
     )
-    n.args = lambda: ["--config-file", str(config), "--max-txn-ops", "1000"]  # type: ignore[method-assign]
+    n.args_override = ("--config-file", str(config), "--max-txn-ops", "1000")
     try:
         n.start()
         s = stubs(n)
@@ -205,7 +210,9 @@ def test_sigterm_stops_cleanly_and_data_survives(node_kind: str, tmp_path: pathl
         n.stop()
 
 
-def test_client_port_in_use(node_kind: str, tmp_path: pathlib.Path) -> None:
+def test_client_port_in_use(
+    node_kind: str, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A client port already taken: the node exits at once saying so, and the test helper
     picks other free ports when the clash came from its own port choice."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
@@ -219,13 +226,12 @@ def test_client_port_in_use(node_kind: str, tmp_path: pathlib.Path) -> None:
         assert "address already in use" in str(info.value)
         assert n.proc is not None and n.proc.returncode != 0
 
-        ports = iter([busy, nodes.free_port(), nodes.free_port()])
         real_free_port = nodes.free_port
-        nodes.free_port = lambda: next(ports, None) or real_free_port()  # type: ignore[assignment]
+        ports = iter([busy, real_free_port(), real_free_port()])
+        monkeypatch.setattr(nodes, "free_port", lambda: next(ports, None) or real_free_port())
+        retried = make_node(node_kind, tmp_path / "retry")
         try:
-            retried = make_node(node_kind, tmp_path / "retry")
             retried.start()
             assert retried.client_port != busy and retried.starts == 2
-            retried.stop()
         finally:
-            nodes.free_port = real_free_port  # type: ignore[assignment]
+            retried.stop()

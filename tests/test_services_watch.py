@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from api.etcdserverpb import internal_pb2, rpc_pb2
 from api.mvccpb import kv_pb2
 from server.watch_service import ERR_DUPLICATE_ID, ERR_EMPTY_RANGE, WatchStream, fragments
@@ -251,3 +253,25 @@ def test_fragments_split_large_responses_and_keep_every_event() -> None:
     assert fragments(response, limit_bytes=10_000) == [response]
     single = rpc_pb2.WatchResponse(events=[response.events[0]])
     assert fragments(single, limit_bytes=1) == [single]
+
+
+@async_test
+async def test_one_poll_holds_a_bounded_number_of_events(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ten watchers, each three events behind: with a budget of five events a poll takes two
+    watchers' worth, and the others follow, in order, on the next polls."""
+    import server.watch_service as watch_service
+
+    node = FakeNode()
+    for i in range(3):
+        await put(node, b"k", b"%d" % i)
+    stream = WatchStream(node)
+    for _ in range(10):
+        create(stream, b"k", start_revision=2)
+    assert len(stream.poll()) == 10  # the created responses
+    monkeypatch.setattr(watch_service, "POLL_EVENTS_MAX", 5)
+    sizes, seen = [], []
+    while responses := stream.poll():
+        sizes.append(sum(len(r.events) for r in responses))
+        seen.extend(r.watch_id for r in responses)
+    assert sizes == [6, 6, 6, 6, 6]
+    assert seen == list(range(10))
