@@ -216,9 +216,7 @@ class Node:
         return await self.driver.propose(request_id, data)
 
     async def read_barrier(self) -> None:
-        # The future is shared by every reader of the batch: one reader's cancellation (its
-        # client went away) must not cancel it for the others.
-        await asyncio.shield(self.driver.read_barrier())
+        await self.driver.read_barrier()
 
     async def check_quota(self, request: Any) -> None:
         """etcd's quota rule before proposing a Put, Txn or LeaseGrant: if it could exceed the

@@ -35,14 +35,24 @@ READ_INDEX_RETRY_S = 0.5
 
 
 class _ReadBatch:
-    __slots__ = ("ctx", "future", "index", "sent_at_s", "first_sent_at_s")
+    __slots__ = ("ctx", "futures", "index", "sent_at_s", "first_sent_at_s")
 
-    def __init__(self, ctx: bytes, future: asyncio.Future[None]) -> None:
+    def __init__(self, ctx: bytes) -> None:
         self.ctx = ctx
-        self.future = future
+        # One future per reader, so that a reader's cancellation touches only its own.
+        self.futures: list[asyncio.Future[None]] = []
         self.index = -1
         self.sent_at_s = 0.0
         self.first_sent_at_s = 0.0
+
+    def resolve(self, exc: BaseException | None) -> None:
+        for future in self.futures:
+            if future.done():
+                continue
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
 
 
 class RaftDriver:
@@ -153,10 +163,12 @@ class RaftDriver:
             raise errors.NoLeaderError()
         batch = self._read_next
         if batch is None:
-            batch = _ReadBatch(str(next(self._read_ctx)).encode(), self.loop.create_future())
+            batch = _ReadBatch(str(next(self._read_ctx)).encode())
             self._read_next = batch
             self.kick()
-        return batch.future
+        future: asyncio.Future[None] = self.loop.create_future()
+        batch.futures.append(future)
+        return future
 
     def _send_read_index(self) -> None:
         batch = self._read_next
@@ -182,8 +194,7 @@ class RaftDriver:
         waiting = []
         for batch in self._read_ready:
             if batch.index <= self.applied_index:
-                if not batch.future.done():
-                    batch.future.set_result(None)
+                batch.resolve(None)
             else:
                 waiting.append(batch)
         self._read_ready = waiting
@@ -206,8 +217,7 @@ class RaftDriver:
         for ctx, batch in list(self._read_sent.items()):
             if now_s - batch.first_sent_at_s > self.request_timeout_s:
                 del self._read_sent[ctx]
-                if not batch.future.done():
-                    batch.future.set_exception(errors.RequestTimeoutError())
+                batch.resolve(errors.RequestTimeoutError())
             elif now_s - batch.sent_at_s > READ_INDEX_RETRY_S:
                 batch.sent_at_s = now_s
                 if self.leader_id:
@@ -335,8 +345,7 @@ class RaftDriver:
             batches.append(self._read_next)
         self._read_sent, self._read_ready, self._read_next = {}, [], None
         for batch in batches:
-            if not batch.future.done():
-                batch.future.set_exception(exc)
+            batch.resolve(exc)
 
 
 def _leader_state() -> Any:
