@@ -112,6 +112,7 @@ class Node:
             on_fatal=_fatal,
         )
         self.driver.storage = self.storage
+        self.driver.single_voter = len(rec.identity.members) == 1
         self._stopped = False
         # Held by long engine reads in worker threads (hash, snapshot copy) and by defragment,
         # which swaps the engine's file under them.

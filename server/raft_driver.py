@@ -101,6 +101,10 @@ class RaftDriver:
         self._read_ready: list[_ReadBatch] = []  # have a read index, waiting for apply
         self._ticker: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
+        # Set by the node for a cluster of one voter: reads then skip the ReadIndex round.
+        self.single_voter = False
+        # Index of the first entry of this leader's term (0: not leader, or unknown).
+        self._term_start_index = 0
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -161,6 +165,8 @@ class RaftDriver:
             raise errors.StoppedError()
         if not self.leader_id:
             raise errors.NoLeaderError()
+        if self.single_voter and self.is_leader and 0 < self._term_start_index <= self.commit_index:
+            return self._local_read_index()
         batch = self._read_next
         if batch is None:
             batch = _ReadBatch(str(next(self._read_ctx)).encode())
@@ -168,6 +174,21 @@ class RaftDriver:
             self.kick()
         future: asyncio.Future[None] = self.loop.create_future()
         batch.futures.append(future)
+        return future
+
+    def _local_read_index(self) -> asyncio.Future[None]:
+        """The lone voter's read index, without a Raft round: its commit index, as Raft itself
+        answers a singleton's ReadIndex (no one else can lead, so leadership needs no check).
+        Every acknowledged write was applied, so committed, so is at or below it; and the
+        leader has committed an entry of its own term, so the index is current."""
+        future: asyncio.Future[None] = self.loop.create_future()
+        if self.applied_index >= self.commit_index:
+            future.set_result(None)
+            return future
+        batch = _ReadBatch(b"")
+        batch.index = self.commit_index
+        batch.futures.append(future)
+        self._read_ready.append(batch)
         return future
 
     def _send_read_index(self) -> None:
@@ -263,6 +284,10 @@ class RaftDriver:
         rd = self.raw.ready()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+            # A new leader appends one entry of its term at once; reads may use the local
+            # read index once that entry is committed.
+            leading = self.is_leader and rd.entries
+            self._term_start_index = rd.entries[-1].index if leading else 0
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
             self.commit_index = max(self.commit_index, rd.hard_state.commit)

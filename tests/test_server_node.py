@@ -118,11 +118,14 @@ def test_engine_error_reaches_the_caller_and_batch_goes_on(tmp_path: Any) -> Non
     run(body())
 
 
-def test_read_barriers_are_batched(tmp_path: Any) -> None:
-    """Many concurrent linearizable reads share few ReadIndex requests to Raft."""
+@pytest.mark.parametrize("single_voter_shortcut", [True, False])
+def test_read_barriers_are_batched(tmp_path: Any, single_voter_shortcut: bool) -> None:
+    """Many concurrent linearizable reads share few ReadIndex requests to Raft; a lone voter
+    needs none at all (its commit index is the read index, as Raft would answer)."""
 
     async def body() -> None:
         node = await started(config_for(tmp_path))
+        node.driver.single_voter = single_voter_shortcut
         calls = []
         original = node.driver.raw.read_index
 
@@ -134,7 +137,10 @@ def test_read_barriers_are_batched(tmp_path: Any) -> None:
         try:
             await node.propose(put(b"x"))
             await asyncio.gather(*(node.read_barrier() for _ in range(100)))
-            assert 1 <= len(calls) <= 3
+            if single_voter_shortcut:
+                assert calls == []
+            else:
+                assert 1 <= len(calls) <= 3
         finally:
             await node.stop()
 
@@ -445,6 +451,7 @@ def test_cancelled_reader_does_not_cancel_its_batch(tmp_path: Any) -> None:
 
     async def body() -> None:
         node = await started(config_for(tmp_path))
+        node.driver.single_voter = False  # the shared ReadIndex path
         try:
             await node.propose(put(b"x"))
             readers = [asyncio.ensure_future(node.read_barrier()) for _ in range(3)]
@@ -453,6 +460,38 @@ def test_cancelled_reader_does_not_cancel_its_batch(tmp_path: Any) -> None:
             results = await asyncio.gather(*readers, return_exceptions=True)
             assert isinstance(results[0], asyncio.CancelledError)
             assert results[1:] == [None, None]
+        finally:
+            await node.stop()
+
+    run(body())
+
+
+def test_lone_voter_read_waits_for_apply(tmp_path: Any) -> None:
+    """The lone voter's local read index still waits until what is committed is applied:
+    with the apply stalled, a read barrier stays pending; it completes after the apply."""
+    import threading
+
+    from wal import failpoints
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        try:
+            await node.propose(put(b"x"))
+            gate = threading.Event()
+            failpoints.arm("server.before_apply", lambda name: gate.wait(30))
+            try:
+                write = asyncio.ensure_future(node.propose(put(b"y")))
+                while node.commit_index <= node.applied_index:  # committed, not yet applied
+                    await asyncio.sleep(0)
+                read = asyncio.ensure_future(node.read_barrier())
+                await asyncio.sleep(0)
+                assert not read.done()
+            finally:
+                failpoints.disarm_all()
+                gate.set()
+            await asyncio.wait_for(asyncio.gather(write, read), 10)
+            got = node.store.range(rpc_pb2.RangeRequest(key=b"y"))
+            assert got.count == 1
         finally:
             await node.stop()
 
