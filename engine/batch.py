@@ -137,7 +137,9 @@ class WriteBatch:
         return resp
 
     def compact(self, revision: int) -> None:
-        if revision <= self.compact_rev:
+        # etcd's compactMainRev is -1 until the first compaction, so compact(0) succeeds once.
+        floor = self.compact_rev if compaction.ever(self.ltxn, self.dbs) else -1
+        if revision <= floor:
             raise errors.CompactedError(self.compact_rev)
         if revision > self.rev:
             raise errors.FutureRevisionError()
@@ -252,7 +254,7 @@ class WriteBatch:
                 out.response_delete_range.CopyFrom(dr)
             elif which == "request_txn":
                 tr, at = self._exec_txn(op.request_txn, path, at, main)
-                tr.header.revision = main if self._sub else self.rev
+                tr.header.SetInParent()  # etcd leaves a nested txn's header empty
                 out.response_txn.CopyFrom(tr)
             else:
                 raise errors.KeyNotFoundError()  # an empty RequestOp; check_txn rejects it first

@@ -20,7 +20,9 @@ crc32c = crcmod.predefined.mkCrcFun("crc-32c")
 def hash_kv(
     txn: Any, dbs: reader.Dbs, rev: int, current: int, compacted: int
 ) -> tuple[int, int, int]:
-    compact_rev = compacted if compacted else -1  # etcd's compactMainRev of a never-compacted store
+    """compacted: the compaction revision, -1 if the store was never compacted (etcd's
+    compactMainRev)."""
+    compact_rev = compacted
     if 0 < rev <= compact_rev:
         raise errors.CompactedError(compacted)
     if rev > current:
@@ -36,10 +38,14 @@ def hash_kv(
             break
         create, version, lease, klen = keys.LOG_VALUE.unpack_from(v)
         key = bytes(v[keys.LOG_VALUE.size : keys.LOG_VALUE.size + klen])
-        if main <= compact_rev and not keep_empty:
-            e = reader.get_one(txn, dbs, key, rev)
-            if e is None or e.main != main or e.sub != sub:
-                continue
+        if main <= compact_rev:
+            if keep_empty:
+                if tomb and main == compact_rev:
+                    continue  # kept for watchers (etcd#19179); etcd 3.4 has deleted it
+            else:
+                e = reader.get_one(txn, dbs, key, rev)
+                if e is None or e.main != main or e.sub != sub:
+                    continue
         if tomb:
             kv = kv_pb2.KeyValue(key=key)
         else:

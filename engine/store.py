@@ -198,10 +198,11 @@ class Store:
 
     def hash_kv(self, revision: int) -> tuple[int, int, int]:
         """(hash, compact_revision, current revision) exactly as etcd computes HashKV; the
-        compact_revision is -1 when the store was never compacted, as in etcd."""
+        compact_revision is -1 when the store was never compacted (not even at 0), as in
+        etcd."""
         with self.env.begin() as txn:
             current = self._meta_int(txn, META_REV, 1)
-            compacted = self._meta_int(txn, META_COMPACT, 0)
+            compacted = self._meta_int(txn, META_COMPACT, -1)  # etcd: -1 if never compacted
             return hashkv.hash_kv(txn, self.dbs, revision, current, compacted)
 
     def size_bytes(self) -> int:
