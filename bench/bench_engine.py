@@ -32,6 +32,15 @@ def timed(fn: Callable[[], object]) -> float:
 CPU = [0.0]
 
 
+REPEATS = 3  # the best of a few runs: the other engineers' processes share the cores
+
+
+def best_rate(n: int, runs: list[tuple[float, float]]) -> str:
+    wall = min(r[0] for r in runs)
+    cpu = min(r[1] for r in runs)
+    return f"{n / wall:10,.0f}/s wall, {n / max(cpu, 1e-9):10,.0f}/s cpu (best of {len(runs)})"
+
+
 def rate(n: int, wall_s: float) -> str:
     return f"{n / wall_s:10,.0f}/s wall, {n / max(CPU[0], 1e-9):10,.0f}/s cpu"
 
@@ -52,14 +61,16 @@ def bench_puts(root: str, n: int, rng: random.Random) -> Store:
     rnd = [rng.randbytes(16) for _ in range(n)]
     for name, ks in (("sequential", seq), ("random", rnd)):
         for sync in (False, True):
-            path = tempfile.mkdtemp(dir=root)
-            s = Store.open(path)
-            reqs = put_requests(ks)
-            dt = timed(lambda s=s, reqs=reqs, sync=sync: load(s, reqs, sync))
+            runs = []
+            for _ in range(REPEATS):
+                path = tempfile.mkdtemp(dir=root)
+                s = Store.open(path)
+                reqs = put_requests(ks)
+                runs.append((timed(lambda s=s, reqs=reqs, sync=sync: load(s, reqs, sync)), CPU[0]))
+                s.close()
+                shutil.rmtree(path)
             tag = "fsync per batch" if sync else "no fsync"
-            print(f"put {name:10s} keys, 1000/batch, {tag:15s}: {rate(n, dt)}")
-            s.close()
-            shutil.rmtree(path)
+            print(f"put {name:10s} keys, 1000/batch, {tag:15s}: {best_rate(n, runs)}")
     path = tempfile.mkdtemp(dir=root)
     s = Store.open(path)
     load(s, put_requests(rnd), False)
@@ -70,8 +81,8 @@ def bench_puts(root: str, n: int, rng: random.Random) -> Store:
 def bench_reads(s: Store, rng: random.Random) -> None:
     ks = s.random_keys  # type: ignore[attr-defined]
     reqs = [pb.RangeRequest(key=rng.choice(ks)) for _ in range(50_000)]
-    dt = timed(lambda: [s.range(r) for r in reqs])
-    print(f"latest point get                               : {rate(len(reqs), dt)}")
+    runs = [(timed(lambda: [s.range(r) for r in reqs]), CPU[0]) for _ in range(REPEATS)]
+    print(f"latest point get                               : {best_rate(len(reqs), runs)}")
     # 1,000 keys under a prefix, then overwritten so a historical read has to skip newer ones
     with s.write_batch() as b:
         for i in range(1000):

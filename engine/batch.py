@@ -34,9 +34,9 @@ class WriteBatch:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.dbs = store.dbs
-        self.lt = store.env.begin(write=True)
-        self.idx = self.lt.cursor(db=self.dbs.idx)
-        self.log = self.lt.cursor(db=self.dbs.log)
+        self.ltxn = store.env.begin(write=True)  # the LMDB write transaction of the batch
+        self.idx = self.ltxn.cursor(db=self.dbs.idx)
+        self.log = self.ltxn.cursor(db=self.dbs.log)
         self.rev = store.revision
         self.consistent_index = store.consistent_index
         self.compact_rev = store.compact_revision
@@ -50,18 +50,18 @@ class WriteBatch:
         assert not self._done
         self._done = True
         if self.rev != self.store.revision:
-            self.lt.put(b"rev", _U64_PACK(self.rev), db=self.dbs.meta)
-        self.lt.commit()
+            self.ltxn.put(b"rev", _U64_PACK(self.rev), db=self.dbs.meta)
+        self.ltxn.commit()
 
     def abort(self) -> None:
         if not self._done:
             self._done = True
-            self.lt.abort()
+            self.ltxn.abort()
 
     # ---- public operations --------------------------------------------------------------
     def set_consistent_index(self, index: int) -> None:
         self.consistent_index = index
-        self.lt.put(b"consistent_index", _U64_PACK(index), db=self.dbs.meta)
+        self.ltxn.put(b"consistent_index", _U64_PACK(index), db=self.dbs.meta)
 
     def put(self, req: rpc_pb2.PutRequest) -> rpc_pb2.PutResponse:
         key = req.key
@@ -141,37 +141,37 @@ class WriteBatch:
             raise errors.CompactedError(self.compact_rev)
         if revision > self.rev:
             raise errors.FutureRevisionError()
-        compaction.schedule(self.lt, self.dbs, revision)
+        compaction.schedule(self.ltxn, self.dbs, revision)
         self.compact_rev = revision
-        compaction.step(self.lt, self.dbs, compaction.BATCH_RECORDS_MAX)
+        compaction.step(self.ltxn, self.dbs, compaction.BATCH_RECORDS_MAX)
 
     def lease_grant(self, lease_id: int, ttl: int) -> None:
         k = _U64_PACK(lease_id & _MAIN_MAX)
-        if not self.lt.put(k, _U64_PACK(ttl), db=self.dbs.lease, overwrite=False):
+        if not self.ltxn.put(k, _U64_PACK(ttl), db=self.dbs.lease, overwrite=False):
             raise errors.LeaseExistsError()
 
     def lease_revoke(self, lease_id: int) -> None:
         k = _U64_PACK(lease_id & _MAIN_MAX)
-        if self.lt.get(k, db=self.dbs.lease) is None:
+        if self.ltxn.get(k, db=self.dbs.lease) is None:
             raise errors.LeaseNotFoundError()
         self._sub = 0
         main = self.rev + 1
-        for key in reader.lease_keys(self.lt, self.dbs, lease_id):
+        for key in reader.lease_keys(self.ltxn, self.dbs, lease_id):
             self._delete_key(key, main)
-        self.lt.delete(k, db=self.dbs.lease)
+        self.ltxn.delete(k, db=self.dbs.lease)
         if self._sub:
             self.rev = main
 
     def range(self, req: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         """A read inside the batch: sees the batch's earlier writes."""
-        return reader.do_range(self.lt, self.dbs, req, self.rev, self.compact_rev, _LATEST)
+        return reader.do_range(self.ltxn, self.dbs, req, self.rev, self.compact_rev, _LATEST)
 
     # ---- checks (before any write) --------------------------------------------------------
     def _check_put_state(self, req: rpc_pb2.PutRequest) -> None:
-        if req.lease and self.lt.get(_U64_PACK(req.lease & _MAIN_MAX), db=self.dbs.lease) is None:
+        if req.lease and self.ltxn.get(_U64_PACK(req.lease & _MAIN_MAX), db=self.dbs.lease) is None:
             raise errors.LeaseNotFoundError()
         if (req.ignore_value or req.ignore_lease) and reader.get_one(
-            self.lt, self.dbs, req.key, _LATEST
+            self.ltxn, self.dbs, req.key, _LATEST
         ) is None:
             raise errors.KeyNotFoundError()
 
@@ -186,7 +186,7 @@ class WriteBatch:
         return path
 
     def _compare(self, c: rpc_pb2.Compare) -> bool:
-        entries = list(reader.range_entries(self.lt, self.dbs, c.key, c.range_end, _LATEST))
+        entries = list(reader.range_entries(self.ltxn, self.dbs, c.key, c.range_end, _LATEST))
         if not entries:
             if c.target == rpc_pb2.Compare.VALUE:
                 return False
@@ -194,7 +194,7 @@ class WriteBatch:
         for e in entries:
             value = b""
             if c.target == rpc_pb2.Compare.VALUE:
-                value = reader.get_value(self.lt, self.dbs, e.main, e.sub)
+                value = reader.get_value(self.ltxn, self.dbs, e.main, e.sub)
             if not _compare_kv(c, e, value):
                 return False
         return True
@@ -237,7 +237,7 @@ class WriteBatch:
             if which == "request_range":
                 cur = self.rev + 1 if self._sub else self.rev
                 r = reader.do_range(
-                    self.lt, self.dbs, op.request_range, cur, self.compact_rev, _LATEST
+                    self.ltxn, self.dbs, op.request_range, cur, self.compact_rev, _LATEST
                 )
                 out.response_range.CopyFrom(r)
             elif which == "request_put":
@@ -252,7 +252,7 @@ class WriteBatch:
                 out.response_delete_range.CopyFrom(dr)
             elif which == "request_txn":
                 tr, at = self._exec_txn(op.request_txn, path, at, main)
-                tr.header.revision = main if self._sub else self.rev
+                tr.header.SetInParent()  # etcd leaves a nested txn's header empty
                 out.response_txn.CopyFrom(tr)
             else:
                 raise errors.KeyNotFoundError()  # an empty RequestOp; check_txn rejects it first
@@ -283,7 +283,7 @@ class WriteBatch:
             osub, create, oversion, olease = old
             version = oversion + 1
             if req.prev_kv or req.ignore_value:
-                ov = reader.get_value(self.lt, self.dbs, omain, osub)
+                ov = reader.get_value(self.ltxn, self.dbs, omain, osub)
                 if req.ignore_value:
                     value = ov
                 if req.prev_kv:
@@ -316,16 +316,16 @@ class WriteBatch:
 
     def _move_lease(self, ik: bytes, key: bytes, old: int, new: int) -> None:
         if old:
-            self.lt.delete(_U64_PACK(old & _MAIN_MAX) + ik, db=self.dbs.lkeys)
+            self.ltxn.delete(_U64_PACK(old & _MAIN_MAX) + ik, db=self.dbs.lkeys)
         if new:
-            self.lt.put(_U64_PACK(new & _MAIN_MAX) + ik, key, db=self.dbs.lkeys)
+            self.ltxn.put(_U64_PACK(new & _MAIN_MAX) + ik, key, db=self.dbs.lkeys)
 
     def _delete(self, req: rpc_pb2.DeleteRangeRequest, main: int) -> rpc_pb2.DeleteRangeResponse:
         resp = rpc_pb2.DeleteRangeResponse()
-        doomed = list(reader.range_entries(self.lt, self.dbs, req.key, req.range_end, _LATEST))
+        doomed = list(reader.range_entries(self.ltxn, self.dbs, req.key, req.range_end, _LATEST))
         for e in doomed:
             if req.prev_kv:
-                resp.prev_kvs.append(reader.to_kv(self.lt, self.dbs, e))
+                resp.prev_kvs.append(reader.to_kv(self.ltxn, self.dbs, e))
             self._delete_key(e.key, main, e.lease)
         resp.deleted = len(doomed)
         return resp
@@ -333,7 +333,7 @@ class WriteBatch:
     def _delete_key(self, key: bytes, main: int, lease: int | None = None) -> None:
         ik = keys.ikey(key)
         if lease is None:
-            e = reader.get_one(self.lt, self.dbs, key, _LATEST)
+            e = reader.get_one(self.ltxn, self.dbs, key, _LATEST)
             assert e is not None, "a lease's attached key must be alive"
             lease = e.lease
         sub = self._sub

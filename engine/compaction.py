@@ -1,9 +1,11 @@
 """Compaction: drop the history no read at or above the compaction revision C can see.
 
 etcd keeps, per key, its newest revision <= C unless that is a tombstone, and everything above C.
-The previous compaction left at most one (live) revision per key at or below its revision F, so
-only the log records in (F, C] need visiting: each one makes every older revision of its key
-dead, and a tombstone with no newer revision <= C dies with its history. Records are visited in
+We also keep a tombstone at exactly C (until the next compaction), so a watcher starting at C
+still sees that deletion: etcd 3.4 loses it (etcd#19179). The previous compaction left at most
+one revision per key at or below its revision F (live, or a tombstone at F), so only the log
+records in [F, C] need visiting: each one makes every older revision of its key dead, and a
+tombstone below C with no newer revision <= C dies with its history. Records are visited in
 revision order in bounded batches; the resume point is stored in `meta` in the same transaction
 as each batch's deletions, so a crash resumes exactly where the last committed batch ended.
 Reads stay correct between batches: a revision is removed only once a newer one <= C hides it
@@ -36,7 +38,8 @@ def schedule(txn: Any, dbs: reader.Dbs, revision: int) -> None:
     """Record compaction at `revision`. A compaction still in progress keeps its resume point:
     what it processed is also correct for the higher revision."""
     if not pending(txn, dbs):
-        start = keys.rev_key(_get(txn, dbs, _FINISHED) + 1, 0)
+        # From the previous compaction revision itself: a tombstone kept there goes now.
+        start = keys.rev_key(_get(txn, dbs, _FINISHED), 0)
         txn.put(_CURSOR, start, db=dbs.meta)
     txn.put(_COMPACT, keys.u64(revision), db=dbs.meta)
 
@@ -85,8 +88,8 @@ def _visit(txn: Any, dbs: reader.Dbs, log_key: bytes, rec: bytes, target: int) -
         osub, _, over, _ = keys.IDX_VALUE.unpack_from(cur.value())
         txn.delete(keys.rev_key(keys.uninv(comp[-8:]), osub, over == 0), db=dbs.log)
         ok = cur.delete() and cur.key()[:-8] == ik
-    if not tomb:
-        return
+    if not tomb or main == target:
+        return  # a tombstone at the compaction revision stays until the next compaction
     cur.set_key(ik + keys.inv(main))
     newer = cur.prev() and cur.key()[:-8] == ik
     if newer and keys.uninv(cur.key()[-8:]) <= target:

@@ -36,10 +36,14 @@ def hash_kv(
             break
         create, version, lease, klen = keys.LOG_VALUE.unpack_from(v)
         key = bytes(v[keys.LOG_VALUE.size : keys.LOG_VALUE.size + klen])
-        if main <= compact_rev and not keep_empty:
-            e = reader.get_one(txn, dbs, key, rev)
-            if e is None or e.main != main or e.sub != sub:
-                continue
+        if main <= compact_rev:
+            if keep_empty:
+                if tomb and main == compact_rev:
+                    continue  # kept for watchers (etcd#19179); etcd 3.4 has deleted it
+            else:
+                e = reader.get_one(txn, dbs, key, rev)
+                if e is None or e.main != main or e.sub != sub:
+                    continue
         if tomb:
             kv = kv_pb2.KeyValue(key=key)
         else:

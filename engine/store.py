@@ -233,9 +233,11 @@ class Store:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         self.env.copy(tmp, compact=True)
+        copied = os.path.join(tmp, "data.mdb")
+        _fsync_path(copied)  # the copy must be on disk before it replaces the original
         self.env.close()
-        for name in ("data.mdb",):
-            os.replace(os.path.join(tmp, name), os.path.join(self.path, name))
+        os.replace(copied, os.path.join(self.path, "data.mdb"))
+        _fsync_path(self.path)  # and the rename too: a crash leaves the old or the new file
         shutil.rmtree(tmp, ignore_errors=True)
         self.env = _open_env(self.path, self.map_size_bytes)
         self._open_dbs()
@@ -257,6 +259,14 @@ def _open_env(path: str, map_size_bytes: int) -> Any:
         readahead=False,
         max_readers=256,
     )
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _signed(n: int) -> int:

@@ -124,7 +124,8 @@ class Watcher:
                     value = b"" if tomb else bytes(v[size + klen :])
                     out.append((main, sub, tomb, key, create, version, lease, value))
                 ok = cur.next()
-            self.next_revision = (last + 1) if ok else current + 1
+            # never backwards: a watcher may start beyond the current revision
+            self.next_revision = (last + 1) if ok else max(self.next_revision, current + 1)
             return self._build(txn, out, compacted)
 
     def _replay_key(self, txn: Any, current: int, max_events: int) -> list[RawEvent]:
@@ -148,7 +149,10 @@ class Watcher:
             ok = cur.next()
         found.reverse()
         del found[max_events:]
-        self.next_revision = found[-1][0] + 1 if len(found) == max_events else current + 1
+        if len(found) == max_events:
+            self.next_revision = found[-1][0] + 1
+        else:
+            self.next_revision = max(self.next_revision, current + 1)
         out: list[RawEvent] = []
         size = keys.LOG_VALUE.size
         for main, sub, tomb in found:

@@ -8,8 +8,8 @@ the same transaction, so replaying the WAL above it after a crash is idempotent.
 other members (no local waiter) are applied the same way; their results are simply dropped.
 
 Alarms live here because they gate what the applier accepts: while NOSPACE is active every
-member rejects Put, Txn with a put and LeaseGrant, and a put that the engine refuses for quota
-raises the alarm, on every member at the same entry.
+member rejects Put, Txn with a put and LeaseGrant. The alarm itself is raised by an Alarm
+entry, which the server proposes when a request fails its quota check (Node.check_quota).
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class Applier:
         # changes are replayed); those the engine already holds are skipped here.
         applied = self.store.consistent_index
         if entries and entries[0].index <= applied:
+            self._replay_alarms([e for e in entries if e.index <= applied])
             entries = [e for e in entries if e.index > applied]
         if not entries:
             return results
@@ -87,12 +88,19 @@ class Applier:
             batch.set_consistent_index(entries[-1].index)
         return results
 
+    def _replay_alarms(self, entries: Sequence[Any]) -> None:
+        """Alarms live in memory (the engine has no alarm table): at start, the alarm entries
+        the engine already applied are replayed on top of the snapshot's alarms."""
+        for entry in entries:
+            if entry.type == ENTRY_NORMAL and entry.data:
+                request = internal_pb2.InternalRequest.FromString(entry.data)
+                if request.HasField("alarm"):
+                    self._alarm(request.alarm)
+
     def _apply_one(self, batch: Any, request: Any, term: int) -> Any:
         try:
             response = self._dispatch(batch, request)
         except Exception as exc:  # typed engine/server errors go back to the waiting handler
-            if type(exc).__name__ == "NoSpaceError":
-                self.alarms.add((self.member_id, NOSPACE))
             return exc
         if kind_has_no_header(request):
             return response

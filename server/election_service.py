@@ -113,6 +113,17 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             lease_id = await self._grant_session(SESSION_TTL_S)
         prefix = name + b"/"
         key = session_key(prefix, lease_id)
+        try:
+            return await self._campaign(name, key, lease_id, value, prefix)
+        except BaseException:
+            # Cancelled or failed on the way, even while the Txn that enters the candidate was
+            # in flight: withdraw, or every later candidate waits until the lease expires.
+            await asyncio.shield(self._withdraw(key))
+            raise
+
+    async def _campaign(
+        self, name: bytes, key: bytes, lease_id: int, value: bytes, prefix: bytes
+    ) -> v3election_pb2.CampaignResponse:
         response = await self._kv.txn(_put_if_absent(key, value, lease_id, prefix))
         leader = v3election_pb2.LeaderKey(
             name=name, key=key, rev=response.header.revision, lease=lease_id
@@ -121,16 +132,8 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             existing = response.responses[0].response_range.kvs[0]
             leader.rev = existing.create_revision
             if existing.value != value:
-                try:
-                    await self.proclaim(leader, value)
-                except BaseException:
-                    await asyncio.shield(self._resign_quietly(leader))
-                    raise
-        try:
-            await self._kv.wait_deletes(prefix, leader.rev - 1)
-        except BaseException:
-            await asyncio.shield(self._resign_quietly(leader))
-            raise
+                await self.proclaim(leader, value)
+        await self._kv.wait_deletes(prefix, leader.rev - 1)
         return v3election_pb2.CampaignResponse(header=response.header, leader=leader)
 
     async def proclaim(
@@ -149,12 +152,12 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         response = await self._kv.txn(_if_leader(leader, delete))
         return response.header
 
-    async def _resign_quietly(self, leader: v3election_pb2.LeaderKey) -> None:
+    async def _withdraw(self, key: bytes) -> None:
         try:
-            await self.resign(leader)
+            await self._kv.delete(key)
         except Exception as exc:
             # Best effort: the lease's expiry removes the key anyway.
-            log.warning("resign of %r after a failed campaign failed: %s", leader.key, exc)
+            log.warning("withdrawing candidate %r failed: %s", key, exc)
 
     async def observe(self, name: bytes) -> AsyncIterator[v3election_pb2.LeaderResponse]:
         """concurrency.Election.observe: the leader now, its updates, then the next one."""

@@ -2,15 +2,16 @@
 
 Theory of operation: each handler validates the request as etcd's v3rpc layer does (so bad
 input gets etcd's exact error before anything is proposed), then either proposes it through
-Raft (writes: the request protobuf goes into InternalRequest as is) or reads the engine
-(Range, read-only Txn): serializable reads directly, linearizable ones after a read barrier.
+Raft (writes: the request protobuf goes into InternalRequest as is) or reads the engine:
+Range on the loop, a read-only Txn on the storage thread (no Raft, no WAL); linearizable reads
+wait for a read barrier first, serializable ones do not.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from api.etcdserverpb import internal_pb2, rpc_pb2, rpc_pb2_grpc
+from api.etcdserverpb import rpc_pb2_grpc
 
 from . import errors, txn_check
 from .applier import txn_has_put, txn_is_read_only
@@ -43,14 +44,14 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
         try:
             txn_check.check_put(request)
             await self.node.check_quota(request)
-            return await self.node.propose(internal_pb2.InternalRequest(put=request))
+            return await self.node.propose_op("put", request)
         except Exception as exc:
             await errors.abort(context, exc)
 
     async def DeleteRange(self, request: Any, context: Any) -> Any:
         try:
             txn_check.check_delete(request)
-            return await self.node.propose(internal_pb2.InternalRequest(delete_range=request))
+            return await self.node.propose_op("delete_range", request)
         except Exception as exc:
             await errors.abort(context, exc)
 
@@ -65,13 +66,13 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
                 return response
             if txn_has_put(request):
                 await self.node.check_quota(request)
-            return await self.node.propose(internal_pb2.InternalRequest(txn=request))
+            return await self.node.propose_op("txn", request)
         except Exception as exc:
             await errors.abort(context, exc)
 
     async def Compact(self, request: Any, context: Any) -> Any:
         try:
-            response = await self.node.propose(internal_pb2.InternalRequest(compaction=request))
+            response = await self.node.propose_op("compaction", request)
             if request.physical:
                 await self.node.wait_compaction()
             return response
@@ -92,6 +93,3 @@ def _serializable(txn: Any) -> bool:
 
 def add_to_server(grpc_server: Any, node: Node) -> None:
     rpc_pb2_grpc.add_KVServicer_to_server(KVService(node), grpc_server)
-
-
-__all__ = ["KVService", "add_to_server", "rpc_pb2"]

@@ -4,11 +4,14 @@ Theory of operation. The store holds each lease's ID and granted TTL (the persis
 written by the applier); the lessor holds only deadlines, in memory, on the loop thread. As in
 etcd, only the leader (the *primary* lessor) keeps real deadlines; a follower keeps every
 lease forever. On promotion every deadline is reset to now + TTL + `extend` (etcd's Promote:
-leader changes extend leases), so an outage never revokes a lease its holder kept alive.
+leader changes extend leases), so an outage never revokes a lease its holder kept alive;
+more than 750 deadlines in one second are spread out, so a restart does not revoke a pile of
+leases at once.
 
 Expiry never deletes anything itself: each pass proposes a `LeaseRevoke` through Raft for up
 to `revoke_batch_max` expired leases, `revoke_inflight_max` at a time, and the applier deletes
 the keys at one revision on every member. A revoke that fails is retried after `retry_s`.
+A keepalive of a lease past its deadline waits for that revoke and then answers TTL 0.
 
 The lessor learns grants and revokes made through this member's Lease service at once, and
 any other change (grants applied from another member's proposals, snapshot installs) by

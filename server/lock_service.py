@@ -86,6 +86,16 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             lease_id = await self._grant_session(SESSION_TTL_S)
         prefix = name + b"/"
         key = session_key(prefix, lease_id)
+        try:
+            return await self._acquire(key, lease_id, prefix)
+        except BaseException:
+            # Cancelled or failed on the way, even while the acquiring Txn was in flight: give
+            # the place up, or it would block every later waiter until the lease expires
+            # (etcd's Mutex.Lock unlocks too).
+            await asyncio.shield(self._release(key))
+            raise
+
+    async def _acquire(self, key: bytes, lease_id: int, prefix: bytes) -> v3lock_pb2.LockResponse:
         response = await self._kv.txn(_put_if_absent(key, b"", lease_id, prefix))
         if response.succeeded:
             my_revision = response.header.revision
@@ -94,13 +104,8 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         owner = response.responses[1].response_range.kvs
         if not owner or owner[0].create_revision == my_revision:
             return v3lock_pb2.LockResponse(header=response.header, key=key)
-        try:
-            await self._kv.wait_deletes(prefix, my_revision - 1)
-            mine = await self._kv.get(key)
-        except BaseException:
-            # Cancelled or failed while waiting: give the place up (etcd's Mutex.Lock unlocks).
-            await asyncio.shield(self._release(key))
-            raise
+        await self._kv.wait_deletes(prefix, my_revision - 1)
+        mine = await self._kv.get(key)
         if not mine.kvs:
             raise SessionExpiredError()
         return v3lock_pb2.LockResponse(header=mine.header, key=key)

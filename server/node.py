@@ -39,6 +39,31 @@ CATCH_UP_ENTRIES = 5000
 QUOTA_SLACK_BYTES = 64 * 1024 * 1024
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tag(number: int) -> bytes:
+    return _varint(number << 3 | 2)  # wire type 2: length-delimited
+
+
+_FIELDS = internal_pb2.InternalRequest.DESCRIPTOR.fields_by_name
+_TAGS = {name: _tag(field.number) for name, field in _FIELDS.items() if field.message_type}
+_HEADER_TAG = _tag(_FIELDS["header"].number)
+_ID_TAG = _varint(internal_pb2.InternalRequestHeader.DESCRIPTOR.fields_by_name["ID"].number << 3)
+
+
+def _varint_id_header(request_id: int) -> bytes:
+    """The length-prefixed encoding of InternalRequestHeader(ID=request_id)."""
+    body = _ID_TAG + _varint(request_id)
+    return _varint(len(body)) + body
+
+
 def _fatal(exc: BaseException) -> None:
     log.critical("fatal storage error, exiting: %r", exc)
     os._exit(1)
@@ -73,6 +98,7 @@ class Node:
             request_timeout_s=5.0 + 2 * config.election_timeout_ms / 1000,
         )
         self.applier = Applier(rec.store, self.member_id, self.cluster_id)
+        self.applier.alarms.update(rec.alarms)
         self.storage = StorageThread(
             rec.wal,
             self.applier,
@@ -87,6 +113,9 @@ class Node:
         )
         self.driver.storage = self.storage
         self._stopped = False
+        # Held by long engine reads in worker threads (hash, snapshot copy) and by defragment,
+        # which swaps the engine's file under them.
+        self.backend_swap_lock = asyncio.Lock()
 
     @classmethod
     async def start(
@@ -108,6 +137,12 @@ class Node:
         if len(rec.identity.members) == 1:
             rec.raw_node.campaign()
             node.driver.kick()
+        else:
+            log.warning(
+                "initial cluster has %d members but this build has no peer transport yet: "
+                "no leader can be elected",
+                len(rec.identity.members),
+            )
         return node
 
     async def stop(self) -> None:
@@ -168,8 +203,22 @@ class Node:
         outcome = await self.driver.propose(request_id, data)
         return outcome
 
+    async def propose_op(self, field: str, message: Any) -> Any:
+        """propose() for InternalRequest(**{field: message}), without copying `message` into a
+        new InternalRequest: the entry bytes are the header and the message's own encoding,
+        framed as that InternalRequest would be (the hot path of Put/DeleteRange/Txn)."""
+        request_id = self.next_id()
+        body = message.SerializeToString()
+        data = b"".join((_HEADER_TAG, _varint_id_header(request_id), _TAGS[field],
+                         _varint(len(body)), body))  # fmt: skip
+        if len(data) > self.config.max_request_bytes:
+            raise errors.RequestTooLargeError()
+        return await self.driver.propose(request_id, data)
+
     async def read_barrier(self) -> None:
-        await self.driver.read_barrier()
+        # The future is shared by every reader of the batch: one reader's cancellation (its
+        # client went away) must not cancel it for the others.
+        await asyncio.shield(self.driver.read_barrier())
 
     async def check_quota(self, request: Any) -> None:
         """etcd's quota rule before proposing a Put, Txn or LeaseGrant: if it could exceed the
@@ -202,13 +251,19 @@ class Node:
             parked.set()
             resume.wait()
 
+        async with self.backend_swap_lock:
+            await self._defragment_parked(parked, resume, park)
+
+    async def _defragment_parked(
+        self, parked: threading.Event, resume: threading.Event, park: Callable[[], None]
+    ) -> None:
         held = self.storage.call(park)
-        await self._loop.run_in_executor(None, parked.wait)
         try:
+            await self._loop.run_in_executor(None, parked.wait)
             self.store.defragment()
         finally:
-            resume.set()
-            await held
+            resume.set()  # also when cancelled: the storage thread must never stay parked
+        await held
 
     async def txn_read(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """A read-only Txn without Raft or the WAL: evaluated by the engine in a write batch
@@ -240,7 +295,8 @@ class Node:
         if sync is not None:
             sync()  # the engine must hold everything up to `index` before the WAL lets it go
         voters, learners = self._conf_lists()
-        self.snapshotter.save(term, index, encode_snapshot_data(voters, learners))
+        alarms = sorted(self.applier.alarms)
+        self.snapshotter.save(term, index, encode_snapshot_data(voters, learners, alarms))
         from wal import SnapshotMarker
 
         self.wal.save_snapshot(SnapshotMarker(index, term))

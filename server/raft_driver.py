@@ -35,13 +35,14 @@ READ_INDEX_RETRY_S = 0.5
 
 
 class _ReadBatch:
-    __slots__ = ("ctx", "future", "index", "sent_at_s")
+    __slots__ = ("ctx", "future", "index", "sent_at_s", "first_sent_at_s")
 
     def __init__(self, ctx: bytes, future: asyncio.Future[None]) -> None:
         self.ctx = ctx
         self.future = future
         self.index = -1
         self.sent_at_s = 0.0
+        self.first_sent_at_s = 0.0
 
 
 class RaftDriver:
@@ -162,7 +163,7 @@ class RaftDriver:
         if batch is None or self._read_sent:
             return  # one ReadIndex request outstanding at a time; the next batch waits
         self._read_next = None
-        batch.sent_at_s = time.monotonic()
+        batch.sent_at_s = batch.first_sent_at_s = time.monotonic()
         self._read_sent[batch.ctx] = batch
         self.raw.read_index(batch.ctx)
 
@@ -203,7 +204,11 @@ class RaftDriver:
         # again rather than leave the readers hanging.
         now_s = time.monotonic()
         for ctx, batch in list(self._read_sent.items()):
-            if now_s - batch.sent_at_s > READ_INDEX_RETRY_S:
+            if now_s - batch.first_sent_at_s > self.request_timeout_s:
+                del self._read_sent[ctx]
+                if not batch.future.done():
+                    batch.future.set_exception(errors.RequestTimeoutError())
+            elif now_s - batch.sent_at_s > READ_INDEX_RETRY_S:
                 batch.sent_at_s = now_s
                 if self.leader_id:
                     self.raw.read_index(ctx)

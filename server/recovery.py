@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config
@@ -51,6 +51,8 @@ class Recovered:
     applied_index: int
     snapshot_index: int
     new: bool
+    # Alarms as of the snapshot; the applier replays alarm entries after it.
+    alarms: set[tuple[int, int]] = field(default_factory=set)
 
 
 def identity_of(config: Config) -> Identity:
@@ -173,6 +175,7 @@ def _open(config: Config, root: str) -> Recovered:
         wal.close()
         raise
     snap_index = loaded[1] if loaded else 0
+    alarms = snapshot_alarms(loaded)
     if loaded:
         memory.apply_snapshot(_decode_snapshot(loaded))
     if entries:
@@ -187,7 +190,7 @@ def _open(config: Config, root: str) -> Recovered:
     # What the engine holds is applied, whatever Raft re-delivers: reads may rely on it.
     engine_applied = max(snap_index, store.consistent_index)
     return Recovered(
-        identity, store, wal, snapshotter, memory, raw, engine_applied, snap_index, False
+        identity, store, wal, snapshotter, memory, raw, engine_applied, snap_index, False, alarms
     )
 
 
@@ -247,8 +250,19 @@ def _check_identity(identity: Identity, metadata: bytes, root: str) -> None:
         )
 
 
-def encode_snapshot_data(voters: list[int], learners: list[int]) -> bytes:
-    return json.dumps({"voters": voters, "learners": learners}).encode()
+def encode_snapshot_data(
+    voters: list[int], learners: list[int], alarms: list[tuple[int, int]]
+) -> bytes:
+    """The .snap payload: the membership, and the alarms (state of the log the engine does
+    not keep; entries after the snapshot replay the rest at start)."""
+    body = {"voters": voters, "learners": learners, "alarms": [list(a) for a in alarms]}
+    return json.dumps(body).encode()
+
+
+def snapshot_alarms(loaded: tuple[int, int, bytes] | None) -> set[tuple[int, int]]:
+    if loaded is None or not loaded[2]:
+        return set()
+    return {(int(m), int(a)) for m, a in json.loads(loaded[2]).get("alarms", [])}
 
 
 def _decode_snapshot(loaded: tuple[int, int, bytes]) -> Any:
@@ -256,5 +270,5 @@ def _decode_snapshot(loaded: tuple[int, int, bytes]) -> Any:
 
     term, index, data = loaded
     body = json.loads(data) if data else {"voters": [], "learners": []}
-    conf = raft.ConfState(voters=list(body["voters"]), learners=list(body["learners"]))
+    conf = raft.ConfState(voters=tuple(body["voters"]), learners=tuple(body["learners"]))
     return raft.Snapshot(data=data, index=index, term=term, conf_state=conf)

@@ -4,6 +4,7 @@ until the parent kills it with SIGKILL.
     python -m tests.engine_crash_child apply <dir> <seed> [nosync]   # batches 1.. (batch i is
                                                              # a pure function of seed and i)
     python -m tests.engine_crash_child compact <dir> <rev>   # compact in tiny steps
+    python -m tests.engine_crash_child defrag <dir> <times>  # defragment again and again
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def main() -> None:
             with store.write_batch(sync=len(sys.argv) < 5) as b:
                 apply_batch(b, arg, i)
             print(f"applied {i}", flush=True)
+    elif mode == "defrag":
+        for _ in range(arg):
+            store.defragment()
+            print("defragmented", flush=True)
     else:
         compaction.BATCH_RECORDS_MAX = 4
         if store.compact_revision < arg:

@@ -396,7 +396,13 @@ class StoreNode(FakeNode):
         self.store = Store.open(path, quota_bytes=-1)  # type: ignore[assignment]
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1)
 
-    def _apply(self, request: internal_pb2.InternalRequest) -> Any:
+    def _apply(self, request: internal_pb2.InternalRequest) -> tuple[Any, int]:
+        """On the writer thread: the response and the revision right after its batch (later
+        proposals may already have moved the store on by the time the loop reads it)."""
+        response = self._apply_batch(request)
+        return response, self.store.revision
+
+    def _apply_batch(self, request: internal_pb2.InternalRequest) -> Any:
         with self.store.write_batch(sync=False) as batch:
             if request.HasField("put"):
                 return batch.put(request.put)
@@ -419,8 +425,8 @@ class StoreNode(FakeNode):
     async def propose(self, request: internal_pb2.InternalRequest) -> Any:
         self.proposals.append(request)
         loop = asyncio.get_running_loop()
-        response = await loop.run_in_executor(self._writer, self._apply, request)
-        response.header.CopyFrom(self.header(self.store.revision))
+        response, revision = await loop.run_in_executor(self._writer, self._apply, request)
+        response.header.CopyFrom(self.header(revision))
         return response
 
     def close(self) -> None:

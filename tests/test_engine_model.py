@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from api.etcdserverpb import rpc_pb2 as pb
-from engine import Compacted, Store, compaction, errors, reader, validate
+from engine import Compacted, Store, compaction, errors, keys, reader, validate
 from tests.engine_model import KV, Model, in_range, kv_tuple
 
 LONG = b"L" * 200
@@ -350,6 +350,34 @@ class EngineMachine(RuleBasedStateMachine):
     def compaction_step(self) -> None:
         self.store.compaction_step()
 
+    @precondition(lambda self: self.model.compacted > 0)
+    @rule()
+    def compacted_storage_is_etcds_keep_set(self) -> None:
+        """Once a compaction has finished, the history at or below C is exactly etcd's keep
+        set (the newest revision of each key alive at C) plus the tombstones at C itself."""
+        if self.store.compaction_pending():
+            return
+        c = self.model.compacted
+        keep = sorted(
+            [(kv.mod, kv.key) for kv in self.model.states[c].values()]
+            + [(c, kv.key) for typ, kv in self.model.events[c] if typ == "DELETE"]
+        )
+        store = self.store
+        with store.env.begin() as txn:
+            got = []
+            for k, v in txn.cursor(db=store.dbs.log):
+                main, _, tomb = keys.parse_rev_key(bytes(k))
+                if main > c:
+                    break
+                assert not tomb or main == c
+                klen = keys.LOG_VALUE.unpack_from(v)[3]
+                got.append((main, bytes(v[keys.LOG_VALUE.size : keys.LOG_VALUE.size + klen])))
+            idx_old = sum(
+                1 for k, _ in txn.cursor(db=store.dbs.idx) if keys.uninv(bytes(k)[-8:]) <= c
+            )
+        assert sorted(got) == keep
+        assert idx_old == len(keep)
+
     @rule()
     def defragment(self) -> None:
         self.store.defragment()
@@ -385,8 +413,6 @@ class EngineMachine(RuleBasedStateMachine):
                     continue
                 if (typ == "PUT" and 0 in filters) or (typ == "DELETE" and 1 in filters):
                     continue
-                if r == m.compacted and typ == "DELETE":
-                    continue  # etcd too: a tombstone at the compaction revision is gone
                 p = None
                 if prev and r - 1 >= m.compacted:
                     old = m.states[r - 1].get(kv.key)
@@ -467,7 +493,7 @@ def test_engine_matches_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """Engine and model agree on every response over random programs (small compaction steps
     so compaction is often in progress)."""
     monkeypatch.setattr(compaction, "BATCH_RECORDS_MAX", 3)
-    _run(max_examples=80, steps=60)
+    _run(max_examples=60, steps=50)
 
 
 @pytest.mark.slow
@@ -488,7 +514,7 @@ def test_state_machine_finds_planted_bug(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(reader, "check_revision", off_by_one)
     with pytest.raises(AssertionError):
-        _run(max_examples=60, steps=40, shrink=False)
+        _run(max_examples=300, steps=60, shrink=False)
 
 
 def test_kv_helper_is_consistent() -> None:

@@ -150,8 +150,16 @@ def test_compacted_and_future_revisions(store: Store) -> None:
 
 
 def test_compaction_drops_tombstoned_history(store: Store) -> None:
-    """A key deleted at or below the compaction revision loses its whole history; a live key
-    keeps its newest revision <= C."""
+    """A key deleted below the compaction revision loses its whole history; a live key keeps
+    its newest revision <= C; a tombstone at exactly C stays (so a watch from C sees that
+    delete, unlike etcd 3.4: etcd#19179) until the next compaction removes it."""
+
+    def tables() -> tuple[list[tuple[int, int, bool]], int]:
+        with store.env.begin() as txn:
+            n_idx = sum(1 for _ in txn.cursor(db=store.dbs.idx))
+            log = [keys.parse_rev_key(bytes(k)) for k, _ in txn.cursor(db=store.dbs.log)]
+        return log, n_idx
+
     put(store, b"gone")  # 2
     put(store, b"kept", b"1")  # 3
     with store.write_batch() as b:
@@ -160,12 +168,17 @@ def test_compaction_drops_tombstoned_history(store: Store) -> None:
     with store.write_batch() as b:
         b.compact(4)
     assert not store.compaction_pending()
-    with store.env.begin() as txn:
-        idx = [bytes(k) for k, _ in txn.cursor(db=store.dbs.idx)]
-        log = [keys.parse_rev_key(bytes(k))[:2] for k, _ in txn.cursor(db=store.dbs.log)]
-    assert log == [(3, 0), (5, 0)]
-    assert len(idx) == 2
+    assert tables() == ([(3, 0, False), (4, 0, True), (5, 0, False)], 3)
     assert get(store, b"kept", rev=4) == [(b"kept", b"1")]
+    assert get(store, b"gone", rev=4) == []
+    w = store.watch_hub.watch(b"\x00", b"\x00", 4)
+    assert [(e.type, e.kv.key) for e in w.take(10)] == [
+        (kv_pb2.Event.DELETE, b"gone"),
+        (kv_pb2.Event.PUT, b"kept"),
+    ]
+    with store.write_batch() as b:
+        b.compact(5)
+    assert tables() == ([(5, 0, False)], 1)
 
 
 # ---- txn -------------------------------------------------------------------------------------
@@ -483,3 +496,17 @@ def test_new_watcher_below_compaction_is_cancelled_even_if_in_memory(store: Stor
     w = store.watch_hub.watch(b"a", b"", 3)
     assert w.take(10) == Compacted(4)
     assert [e.kv.mod_revision for e in live.take(10)] == [2, 3, 4, 5, 6]
+
+
+def test_watch_from_a_future_revision(store: Store) -> None:
+    """A watcher may start beyond the current revision: it stays silent until the store gets
+    there, then sees exactly the events from its start on."""
+    w = store.watch_hub.watch(b"a", b"", 4)
+    w_range = store.watch_hub.watch(b"a", b"b", 4)
+    store.watch_hub.ring_events_max = 0  # force the LMDB replay path
+    for i in range(5):
+        put(store, b"a", b"%d" % i)  # revisions 2..6
+        if i == 0:
+            assert w.take(10) == [] and w_range.take(10) == []
+    assert [e.kv.mod_revision for e in w.take(10)] == [4, 5, 6]
+    assert [e.kv.mod_revision for e in w_range.take(10)] == [4, 5, 6]

@@ -393,3 +393,67 @@ def test_stalled_disk_times_out_requests(tmp_path: Any) -> None:
         await node.stop()
 
     run(body())
+
+
+def test_alarms_survive_restart(tmp_path: Any) -> None:
+    """An activated alarm is still active after a restart, whether its entry sits in the WAL
+    tail or before the snapshot (snapshot-count 3), and still gates puts."""
+    config = config_for(tmp_path, snapshot_count=3)
+
+    def alarm(action: int) -> internal_pb2.InternalRequest:
+        return internal_pb2.InternalRequest(
+            alarm=rpc_pb2.AlarmRequest(action=action, memberID=7, alarm=rpc_pb2.AlarmType.NOSPACE)
+        )
+
+    async def first() -> None:
+        node = await started(config)
+        await node.propose(alarm(rpc_pb2.AlarmRequest.ACTIVATE))
+        for i in range(10):  # pushes the alarm entry below a snapshot
+            await node.propose(
+                internal_pb2.InternalRequest(
+                    delete_range=rpc_pb2.DeleteRangeRequest(key=b"x%d" % i)
+                )
+            )
+        await node.stop()
+
+    async def second() -> None:
+        node = await started(config)
+        try:
+            assert (7, rpc_pb2.AlarmType.NOSPACE) in node.applier.alarms
+            with pytest.raises(errors.NoSpaceError):
+                await node.propose(put(b"k"))
+            await node.propose(alarm(rpc_pb2.AlarmRequest.DEACTIVATE))
+        finally:
+            await node.stop()
+
+    async def third() -> None:
+        node = await started(config)
+        try:
+            assert not node.applier.alarms
+            assert (await node.propose(put(b"k"))).header.revision == 2
+        finally:
+            await node.stop()
+
+    run(first())
+    run(second())
+    run(third())
+
+
+def test_cancelled_reader_does_not_cancel_its_batch(tmp_path: Any) -> None:
+    """Readers share one ReadIndex request: cancelling one of them (its client went away)
+    leaves the others' barrier intact."""
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        try:
+            await node.propose(put(b"x"))
+            readers = [asyncio.ensure_future(node.read_barrier()) for _ in range(3)]
+            await asyncio.sleep(0)  # let them all join the same batch
+            readers[0].cancel()
+            results = await asyncio.gather(*readers, return_exceptions=True)
+            assert isinstance(results[0], asyncio.CancelledError)
+            assert results[1:] == [None, None]
+        finally:
+            await node.stop()
+
+    run(body())
