@@ -154,7 +154,7 @@ class Node:
                 continue
             with grpc.insecure_channel(self.endpoint) as channel:
                 try:
-                    rpc_pb2_grpc.KVStub(channel).Range(request, timeout=min(left, 2.0))
+                    rpc_pb2_grpc.KVStub(channel).Range(request, timeout=min(left, 0.5))
                     return
                 except grpc.RpcError:
                     time.sleep(0.005)  # poll interval while it elects itself
