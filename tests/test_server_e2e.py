@@ -236,3 +236,57 @@ def test_data_dir_of_another_cluster_or_in_use(tmp_path: pathlib.Path) -> None:
     done = run_to_exit(other)
     assert done.returncode == 1
     assert "belongs to cluster" in last_line(done), done.stderr
+
+
+def test_maintenance_and_cluster_over_the_wire(petra: Petra) -> None:
+    """Snapshot stream (remaining bytes count down, SHA-256 trailer), Hash/HashKV, MoveLeader
+    and membership changes with etcd's errors, Alarm activate/deactivate."""
+    import hashlib
+
+    kv, maintenance, cluster, channel = stubs(petra)
+    with channel:
+        kv.Put(rpc_pb2.PutRequest(key=b"a", value=b"1"))
+        chunks = list(maintenance.Snapshot(rpc_pb2.SnapshotRequest()))
+        blobs = [c.blob for c in chunks]
+        data, trailer = b"".join(blobs[:-1]), blobs[-1]
+        assert trailer == hashlib.sha256(data).digest() and len(data) % 512 == 0
+        assert chunks[-2].remaining_bytes == 0 and chunks[0].remaining_bytes == len(data) - len(
+            blobs[0]
+        )
+        hash_kv = maintenance.HashKV(rpc_pb2.HashKVRequest(revision=0))
+        assert hash_kv.header.revision == 2 and hash_kv.compact_revision == -1
+        assert maintenance.Hash(rpc_pb2.HashRequest()).hash != 0
+        me = maintenance.Status(rpc_pb2.StatusRequest()).header.member_id
+        maintenance.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=me))
+        bad = rpc_pb2.MoveLeaderRequest(targetID=me + 1)
+        assert code_and_text(lambda: maintenance.MoveLeader(bad)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "etcdserver: bad leader transferee",
+        )
+        remove = rpc_pb2.MemberRemoveRequest(ID=me)
+        assert code_and_text(lambda: cluster.MemberRemove(remove))[1] == (
+            "etcdserver: re-configuration failed due to not enough started members"
+        )
+        promote = rpc_pb2.MemberPromoteRequest(ID=me)
+        assert code_and_text(lambda: cluster.MemberPromote(promote)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "etcdserver: can only promote a learner member",
+        )
+        unknown = rpc_pb2.MemberRemoveRequest(ID=me + 1)
+        assert code_and_text(lambda: cluster.MemberRemove(unknown)) == (
+            grpc.StatusCode.NOT_FOUND,
+            "etcdserver: member not found",
+        )
+        nospace = rpc_pb2.AlarmRequest(
+            action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE
+        )
+        maintenance.Alarm(nospace)
+        status = maintenance.Status(rpc_pb2.StatusRequest())
+        assert status.errors == [f"memberID:{me} alarm:NOSPACE "]
+        assert code_and_text(lambda: kv.Put(rpc_pb2.PutRequest(key=b"b", value=b"2"))) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "etcdserver: mvcc: database space exceeded",
+        )
+        nospace.action = rpc_pb2.AlarmRequest.DEACTIVATE
+        maintenance.Alarm(nospace)
+        assert kv.Put(rpc_pb2.PutRequest(key=b"b", value=b"2")).header.revision == 3
