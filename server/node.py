@@ -21,7 +21,7 @@ from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
 
-from . import errors
+from . import entry, errors
 from .applier import Applier
 from .config import Config
 from .raft_driver import RaftDriver
@@ -37,31 +37,6 @@ CATCH_UP_ENTRIES = 5000
 
 # The cached database size lags by one batch at most; this margin covers what a batch adds.
 QUOTA_SLACK_BYTES = 64 * 1024 * 1024
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(number: int) -> bytes:
-    return _varint(number << 3 | 2)  # wire type 2: length-delimited
-
-
-_FIELDS = internal_pb2.InternalRequest.DESCRIPTOR.fields_by_name
-_TAGS = {name: _tag(field.number) for name, field in _FIELDS.items() if field.message_type}
-_HEADER_TAG = _tag(_FIELDS["header"].number)
-_ID_TAG = _varint(internal_pb2.InternalRequestHeader.DESCRIPTOR.fields_by_name["ID"].number << 3)
-
-
-def _varint_id_header(request_id: int) -> bytes:
-    """The length-prefixed encoding of InternalRequestHeader(ID=request_id)."""
-    body = _ID_TAG + _varint(request_id)
-    return _varint(len(body)) + body
 
 
 def _fatal(exc: BaseException) -> None:
@@ -209,9 +184,7 @@ class Node:
         new InternalRequest: the entry bytes are the header and the message's own encoding,
         framed as that InternalRequest would be (the hot path of Put/DeleteRange/Txn)."""
         request_id = self.next_id()
-        body = message.SerializeToString()
-        data = b"".join((_HEADER_TAG, _varint_id_header(request_id), _TAGS[field],
-                         _varint(len(body)), body))  # fmt: skip
+        data = entry.frame(field, request_id, message.SerializeToString())
         if len(data) > self.config.max_request_bytes:
             raise errors.RequestTooLargeError()
         return await self.driver.propose(request_id, data)
