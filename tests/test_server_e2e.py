@@ -290,3 +290,29 @@ def test_maintenance_and_cluster_over_the_wire(petra: Petra) -> None:
         nospace.action = rpc_pb2.AlarmRequest.DEACTIVATE
         maintenance.Alarm(nospace)
         assert kv.Put(rpc_pb2.PutRequest(key=b"b", value=b"2")).header.revision == 3
+
+
+@pytest.mark.slow
+def test_idle_watch_survives_client_keepalive_pings(petra: Petra) -> None:
+    """A client pinging every 5.5 s (Go clients ping every >= 10 s) on an idle watch is not
+    cut off with GOAWAY "too_many_pings": the server accepts pings 5 s apart, as etcd does."""
+    import queue
+    import threading
+
+    options = [
+        ("grpc.keepalive_time_ms", 5500),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    channel = grpc.insecure_channel(f"127.0.0.1:{petra.port}", options=options)
+    requests: queue.Queue[Any] = queue.Queue()
+    requests.put(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"idle")))
+    stream = rpc_pb2_grpc.WatchStub(channel).Watch(iter(requests.get, None))
+    assert next(stream).created
+    done = threading.Event()
+    done.wait(25)  # idle: only keepalive pings cross the connection meanwhile
+    kv = rpc_pb2_grpc.KVStub(channel)
+    kv.Put(rpc_pb2.PutRequest(key=b"idle", value=b"v"))
+    assert next(stream).events[0].kv.value == b"v"
+    requests.put(None)
+    channel.close()
