@@ -272,8 +272,11 @@ class Node:
         from wal import SnapshotMarker
 
         self.wal.save_snapshot(SnapshotMarker(index, term))
-        self.wal.release_to(index, keep=self.config.max_wals)
-        self.snapshotter.purge(keep=self.config.max_snapshots)
+        # etcd's 0 means "keep them all" for both.
+        if self.config.max_wals > 0:
+            self.wal.release_to(index, keep=self.config.max_wals)
+        if self.config.max_snapshots > 0:
+            self.snapshotter.purge(keep=self.config.max_snapshots)
         log.info("snapshot at index %d (term %d)", index, term)
 
     def _conf_lists(self) -> tuple[list[int], list[int]]:
