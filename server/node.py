@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 CATCH_UP_ENTRIES = 5000
 
 
+DEFAULT_SNAPSHOT_COUNT = 100_000
+
 # The cached database size lags by one batch at most; this margin covers what a batch adds.
 QUOTA_SLACK_BYTES = 64 * 1024 * 1024
 
@@ -80,7 +82,12 @@ class Node:
             loop,
             self.driver.on_job_done,
             snapshots=(
-                SnapshotPolicy(config.snapshot_count, self._take_snapshot, rec.snapshot_index)
+                SnapshotPolicy(
+                    # etcd: --snapshot-count 0 means its default.
+                    config.snapshot_count or DEFAULT_SNAPSHOT_COUNT,
+                    self._take_snapshot,
+                    rec.snapshot_index,
+                )
                 if rec.snapshotter is not None
                 else None
             ),
