@@ -139,6 +139,16 @@ def test_hash_kv_matches_real_etcd(tmp_path: Path) -> None:
         compact(10)
         put("z", "last")
         check()
+        delete("z")
+        compact(store.revision)  # at a delete: the engine keeps that tombstone, etcd does not
+        put("q", "1")
+        check()
+        for k in ("a", "c", "d", "long/" + "k" * 600, "q", "y"):
+            delete(k)
+        compact(store.revision)  # nothing alive: etcd's keep set is empty
+        put("r", "1")
+        delete("r")
+        check()
     finally:
         etcd.stop()
         store.close()
