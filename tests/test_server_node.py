@@ -498,3 +498,23 @@ def test_lone_voter_read_waits_for_apply(tmp_path: Any) -> None:
             await node.stop()
 
     run(body())
+
+
+def test_lone_voter_keeps_leadership(tmp_path: Any) -> None:
+    """With check-quorum on (as etcd), a single member stays leader over many election
+    timeouts: the ticks are driven by hand, 30 election timeouts' worth."""
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        changes: list[bool] = []
+        node.on_leader_change(changes.append)
+        try:
+            for _ in range(300):
+                node.driver.raw.tick()
+                node.driver.kick()
+                await node.propose(put(b"tick"))
+            assert node.is_leader and changes == []
+        finally:
+            await node.stop()
+
+    run(body())
