@@ -518,3 +518,26 @@ def test_lone_voter_keeps_leadership(tmp_path: Any) -> None:
             await node.stop()
 
     run(body())
+
+
+def test_raft_log_compacted_after_snapshot(tmp_path: Any, monkeypatch: Any) -> None:
+    """After each snapshot, Raft's in-memory log keeps only the catch-up entries (3 here) and
+    records the snapshot, so memory does not grow with the history."""
+    import server.node
+
+    monkeypatch.setattr(server.node, "CATCH_UP_ENTRIES", 3)
+    config = config_for(tmp_path, snapshot_count=10)
+
+    async def body() -> None:
+        node = await started(config)
+        try:
+            for i in range(40):
+                await node.propose(put(b"k%d" % i))
+            memory = node.driver.memory
+            assert memory.snapshot().index > 10
+            assert memory.first_index() > memory.snapshot().index - 5
+            assert memory.last_index() - memory.first_index() < 20
+        finally:
+            await node.stop()
+
+    run(body())
