@@ -257,12 +257,7 @@ class Node:
 
     async def wait_compaction(self) -> None:
         """Wait until the scheduled compaction has deleted everything (Compact physical=true)."""
-
-        def drain() -> None:
-            while self.store.compaction_step():
-                pass
-
-        await self.storage.call(drain)
+        await self.storage.when_compacted()
 
     def run_on_storage(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the storage thread (engine writes, defragment), ordered with applies."""

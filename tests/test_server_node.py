@@ -541,3 +541,29 @@ def test_raft_log_compacted_after_snapshot(tmp_path: Any, monkeypatch: Any) -> N
             await node.stop()
 
     run(body())
+
+
+def test_physical_compaction_waits_for_the_background_steps(tmp_path: Any) -> None:
+    """Compact then wait_compaction (physical=true): when it returns, no compaction work is
+    left in the engine, and writes made meanwhile were applied."""
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        try:
+            for first in range(0, 3000, 500):
+                await asyncio.gather(
+                    *(node.propose(put(b"k%d" % (i % 50))) for i in range(first, first + 500))
+                )
+            compact = internal_pb2.InternalRequest(
+                compaction=rpc_pb2.CompactionRequest(revision=2900, physical=True)
+            )
+            await node.propose(compact)
+            writes = asyncio.gather(*(node.propose(put(b"during%d" % i)) for i in range(50)))
+            await node.wait_compaction()
+            assert not node.store.compaction_pending()
+            await writes
+            assert node.store.compact_revision == 2900
+        finally:
+            await node.stop()
+
+    run(body())
