@@ -38,7 +38,7 @@ from tests.nodes import Stubs, running, stubs
 node_kind = nodes.node_kind
 
 Req = rpc_pb2
-IDENTITY = ("cluster_id", "member_id", "raft_term")
+IDENTITY = ("cluster_id", "member_id", "raft_term", "raftTerm")
 WATCH_TIMEOUT_S = 20.0
 
 
@@ -459,6 +459,60 @@ def scenario_quirks(rec: Recorder) -> None:
     rec.call("range after", lambda: kv.Range(rng("s/", "s0")))
 
 
+def _status_shape(d: dict[str, Any]) -> None:
+    """Sizes and raft indexes depend on the implementation; keep their relations."""
+    size, in_use = int(d.pop("dbSize", 0)), int(d.pop("dbSizeInUse", 0))
+    d["sizes"] = 0 < in_use <= size
+    d["raftIndex"] = int(d.pop("raftAppliedIndex", 0)) <= int(d.get("raftIndex", 0))
+    d["leader"] = d.get("leader") == d.get("header", {}).get("member_id")
+
+
+def _members_shape(d: dict[str, Any]) -> None:
+    """Member IDs and ports differ between two clusters; the rest must not."""
+    for m in d.get("members", []):
+        m["ID"], m["peerURLs"], m["clientURLs"] = "*", ["*"], ["*"]
+
+
+def _alarm_shape(d: dict[str, Any]) -> None:
+    for alarm in d.get("alarms", []):
+        alarm["memberID"] = "*"
+
+
+def scenario_cluster_and_maintenance(rec: Recorder) -> None:
+    s = rec.s
+    rec.call("put", lambda: s.kv.Put(put("m", "1")))
+    rec.call("status", lambda: s.maintenance.Status(rpc_pb2.StatusRequest()), post=_status_shape)
+    members = s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=10).members
+    me = members[0].ID
+    rec.call("member list", lambda: s.cluster.MemberList(rpc_pb2.MemberListRequest()),
+             post=_members_shape)  # fmt: skip
+    rec.call("remove unknown", lambda: s.cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=42)))
+    rec.call("promote voter", lambda: s.cluster.MemberPromote(rpc_pb2.MemberPromoteRequest(ID=me)))
+    rec.call(
+        "promote unknown", lambda: s.cluster.MemberPromote(rpc_pb2.MemberPromoteRequest(ID=42))
+    )
+    bad_urls = rpc_pb2.MemberAddRequest(peerURLs=["not a url"])
+    rec.call("add bad url", lambda: s.cluster.MemberAdd(bad_urls))
+    same = rpc_pb2.MemberAddRequest(peerURLs=list(members[0].peerURLs))
+    rec.call("add existing peer url", lambda: s.cluster.MemberAdd(same))
+    rec.call("update unknown", lambda: s.cluster.MemberUpdate(
+        rpc_pb2.MemberUpdateRequest(ID=42, peerURLs=["http://127.0.0.1:1"])))  # fmt: skip
+    rec.call("move leader unknown", lambda: s.maintenance.MoveLeader(
+        rpc_pb2.MoveLeaderRequest(targetID=42)))  # fmt: skip
+    rec.call("move leader to self", lambda: s.maintenance.MoveLeader(
+        rpc_pb2.MoveLeaderRequest(targetID=me)))  # fmt: skip
+    rec.call("alarm activate", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest(
+        action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE)), post=_alarm_shape)  # fmt: skip
+    rec.call("alarm get", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest()), post=_alarm_shape)
+    rec.call("put under NOSPACE", lambda: s.kv.Put(put("m", "2")))
+    rec.call("delete under NOSPACE", lambda: s.kv.DeleteRange(
+        rpc_pb2.DeleteRangeRequest(key=b"m")))  # fmt: skip
+    rec.call("alarm deactivate", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest(
+        action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE)), post=_alarm_shape)  # fmt: skip
+    rec.call("put after disarm", lambda: s.kv.Put(put("m", "3")))
+    rec.call("defragment", lambda: s.maintenance.Defragment(rpc_pb2.DefragmentRequest()))
+
+
 SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "txn_edge_cases": scenario_txn_edge_cases,
     "historical_ranges": scenario_historical_ranges,
@@ -468,6 +522,7 @@ SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "lock_and_election": scenario_lock_and_election,
     "watch_progress_and_ids": scenario_watch_progress_and_ids,
     "quirks": scenario_quirks,
+    "cluster_and_maintenance": scenario_cluster_and_maintenance,
 }
 
 
