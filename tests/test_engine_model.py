@@ -22,6 +22,9 @@ from api.etcdserverpb import rpc_pb2 as pb
 from engine import Compacted, Store, compaction, errors, keys, reader, validate
 from tests.engine_model import KV, Model, in_range, kv_tuple
 
+# Long keys make Hypothesis warn about the size of its repr of a step; that is expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
 LONG = b"L" * 200
 KEYS = [b"a", b"ab", b"b", b"\x00", b"\x00a", b"c\xff", b"\xff", LONG, LONG + b"1", LONG + b"2"]
 KEYS += [LONG + b"\x00", b"L" * 199]

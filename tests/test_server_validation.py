@@ -103,7 +103,6 @@ def test_txn_empty_compare_key() -> None:
     [
         [put_op(b"a"), put_op(b"a")],
         [del_op(b"a", b"c"), put_op(b"b")],
-        [del_op(b"a", b"\x00"), put_op(b"zzz")],
         [txn_op([put_op(b"a")], []), put_op(b"a")],
         [txn_op([del_op(b"a")], []), put_op(b"a")],
         [put_op(b"a"), txn_op([], [put_op(b"a")])],
@@ -121,6 +120,8 @@ def test_txn_duplicate_keys(ops: list) -> None:
         [del_op(b"a", b"c"), del_op(b"b", b"d")],
         [del_op(b"a", b"c"), put_op(b"c")],
         [txn_op([put_op(b"a")], [put_op(b"a")])],
+        # etcd 3.4 compares range ends literally: a from-key delete covers nothing there.
+        [del_op(b"a", b"\x00"), put_op(b"zzz")],
     ],
 )
 def test_txn_allowed_overlaps(ops: list) -> None:
