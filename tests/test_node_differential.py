@@ -33,12 +33,12 @@ from api.mvccpb import kv_pb2
 from api.v3electionpb import v3election_pb2
 from api.v3lockpb import v3lock_pb2
 from tests import nodes
-from tests.nodes import Stubs, running, stubs
+from tests.nodes import Stubs, known_petra_bug, running, stubs
 
 node_kind = nodes.node_kind
 
 Req = rpc_pb2
-IDENTITY = ("cluster_id", "member_id", "raft_term")
+IDENTITY = ("cluster_id", "member_id", "raft_term", "raftTerm")
 WATCH_TIMEOUT_S = 20.0
 
 
@@ -430,6 +430,89 @@ def scenario_watch_progress_and_ids(rec: Recorder) -> None:
         ws.close()
 
 
+def scenario_quirks(rec: Recorder) -> None:
+    """etcd 3.4 behaviours found by the random sequences, one request each; ordered so that
+    one difference does not shift the revisions of the next."""
+    kv = rec.s.kv
+    for key in ("s/c", "s/a", "s/b"):  # key order a, b, c; creation order c, a, b
+        rec.call(f"put {key}", lambda k=key: kv.Put(put(k, "v")))
+    # A sort target other than KEY with order NONE sorts ascending, but etcd applies the limit
+    # in key order first (it decides to fetch everything from the order as sent): s/a, where
+    # ASCEND gives s/c.
+    sort_none = rng("s/", "s0", limit=1, sort_target=rpc_pb2.RangeRequest.CREATE)
+    rec.call("range sort CREATE order NONE limit 1", lambda: kv.Range(sort_none))
+    sort_asc = rng("s/", "s0", limit=1, sort_target=rpc_pb2.RangeRequest.CREATE,
+                   sort_order=rpc_pb2.RangeRequest.ASCEND)  # fmt: skip
+    rec.call("range sort CREATE ASCEND limit 1", lambda: kv.Range(sort_asc))
+    rec.call("compact 3", lambda: kv.Compact(rpc_pb2.CompactionRequest(revision=3, physical=True)))
+    # At apply time every put of the taken branch is checked before any range.
+    late_put = rpc_pb2.TxnRequest(
+        success=[op_range("s/a", revision=2), op_put("s/none", "", ignore_value=True)]
+    )
+    rec.call("txn compacted range, then put of a missing key", lambda: kv.Txn(late_put))
+    late_lease = rpc_pb2.TxnRequest(success=[op_range("s/a", revision=2), op_put("s/l", lease=77)])
+    rec.call("txn compacted range, then put with unknown lease", lambda: kv.Txn(late_lease))
+    # The duplicate-key check reads a delete's range_end "\0" as the literal interval
+    # [key, "\0"), which is empty: a put under a from-key delete in one branch is accepted.
+    from_key = rpc_pb2.TxnRequest(success=[op_put("s/z"), op_del("s/", "\0")])
+    rec.call("txn put + from-key delete", lambda: kv.Txn(from_key))
+    rec.call("range after", lambda: kv.Range(rng("s/", "s0")))
+
+
+def _status_shape(d: dict[str, Any]) -> None:
+    """Sizes and raft indexes depend on the implementation; keep their relations."""
+    size, in_use = int(d.pop("dbSize", 0)), int(d.pop("dbSizeInUse", 0))
+    d["sizes"] = 0 < in_use <= size
+    d["raftIndex"] = int(d.pop("raftAppliedIndex", 0)) <= int(d.get("raftIndex", 0))
+    d["leader"] = d.get("leader") == d.get("header", {}).get("member_id")
+
+
+def _members_shape(d: dict[str, Any]) -> None:
+    """Member IDs and ports differ between two clusters; the rest must not."""
+    for m in d.get("members", []):
+        m["ID"], m["peerURLs"], m["clientURLs"] = "*", ["*"], ["*"]
+
+
+def _alarm_shape(d: dict[str, Any]) -> None:
+    for alarm in d.get("alarms", []):
+        alarm["memberID"] = "*"
+
+
+def scenario_cluster_and_maintenance(rec: Recorder) -> None:
+    s = rec.s
+    rec.call("put", lambda: s.kv.Put(put("m", "1")))
+    rec.call("status", lambda: s.maintenance.Status(rpc_pb2.StatusRequest()), post=_status_shape)
+    members = s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=10).members
+    me = members[0].ID
+    rec.call("member list", lambda: s.cluster.MemberList(rpc_pb2.MemberListRequest()),
+             post=_members_shape)  # fmt: skip
+    rec.call("remove unknown", lambda: s.cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=42)))
+    rec.call("promote voter", lambda: s.cluster.MemberPromote(rpc_pb2.MemberPromoteRequest(ID=me)))
+    rec.call(
+        "promote unknown", lambda: s.cluster.MemberPromote(rpc_pb2.MemberPromoteRequest(ID=42))
+    )
+    bad_urls = rpc_pb2.MemberAddRequest(peerURLs=["not a url"])
+    rec.call("add bad url", lambda: s.cluster.MemberAdd(bad_urls))
+    same = rpc_pb2.MemberAddRequest(peerURLs=list(members[0].peerURLs))
+    rec.call("add existing peer url", lambda: s.cluster.MemberAdd(same))
+    rec.call("update unknown", lambda: s.cluster.MemberUpdate(
+        rpc_pb2.MemberUpdateRequest(ID=42, peerURLs=["http://127.0.0.1:1"])))  # fmt: skip
+    rec.call("move leader unknown", lambda: s.maintenance.MoveLeader(
+        rpc_pb2.MoveLeaderRequest(targetID=42)))  # fmt: skip
+    rec.call("move leader to self", lambda: s.maintenance.MoveLeader(
+        rpc_pb2.MoveLeaderRequest(targetID=me)))  # fmt: skip
+    rec.call("alarm activate", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest(
+        action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE)), post=_alarm_shape)  # fmt: skip
+    rec.call("alarm get", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest()), post=_alarm_shape)
+    rec.call("put under NOSPACE", lambda: s.kv.Put(put("m", "2")))
+    rec.call("delete under NOSPACE", lambda: s.kv.DeleteRange(
+        rpc_pb2.DeleteRangeRequest(key=b"m")))  # fmt: skip
+    rec.call("alarm deactivate", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest(
+        action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE)), post=_alarm_shape)  # fmt: skip
+    rec.call("put after disarm", lambda: s.kv.Put(put("m", "3")))
+    rec.call("defragment", lambda: s.maintenance.Defragment(rpc_pb2.DefragmentRequest()))
+
+
 SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "txn_edge_cases": scenario_txn_edge_cases,
     "historical_ranges": scenario_historical_ranges,
@@ -438,6 +521,8 @@ SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "errors": scenario_errors,
     "lock_and_election": scenario_lock_and_election,
     "watch_progress_and_ids": scenario_watch_progress_and_ids,
+    "quirks": scenario_quirks,
+    "cluster_and_maintenance": scenario_cluster_and_maintenance,
 }
 
 
@@ -815,7 +900,29 @@ def test_etcd_is_deterministic(tmp_path: pathlib.Path) -> None:
         assert_same(first, second, f"etcd vs etcd, {name}")
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+# Scenarios where petra still differs from etcd 3.4.23, as of the last merge (see the report).
+KNOWN_DIFFERENCES = {
+    "lock_and_election": "server/lock_service.py answers Lock with an unknown lease NOT_FOUND "
+    "(etcd: UNKNOWN, same text); server/election_service.py Leader's header lacks "
+    "cluster_id, member_id and raft_term",
+    "quirks": "engine: a Range with sort_target != KEY, sort_order NONE and a limit sorts "
+    "everything before the limit (etcd limits in key order first); at txn apply a compacted "
+    "range is reported before a put's key not found / unknown lease (etcd checks puts first)",
+    "cluster_and_maintenance": "server/cluster_service.py MemberList header carries a "
+    "revision (etcd: 0); server/maintenance_service.py MoveLeader and Defragment replies "
+    "carry a header (etcd: none)",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=known_petra_bug(KNOWN_DIFFERENCES[n]))
+        if n in KNOWN_DIFFERENCES
+        else n
+        for n in SCENARIOS
+    ],
+)
 def test_petra_matches_etcd(name: str, tmp_path: pathlib.Path) -> None:
     """Each scenario gives petra's answers equal to etcd's (identities masked)."""
     expected = _expected(name, tmp_path)
@@ -841,7 +948,13 @@ def test_rich_random_sequence_matches_etcd(seed: int, tmp_path: pathlib.Path) ->
     assert_same(expected, got, f"seed {seed} (replay: pytest -k 'rich and {seed}')")
 
 
-@pytest.mark.parametrize("seed", [77, 88])
+WATCH_CANCEL_HEADER = (
+    "server/watch_service.py: the reply cancelling a watcher for compaction carries "
+    "header.revision = current revision; etcd 3.4 sends 0"
+)
+
+
+@pytest.mark.parametrize("seed", [pytest.param(77, marks=known_petra_bug(WATCH_CANCEL_HEADER)), 88])
 def test_random_watchers_match_etcd(seed: int, tmp_path: pathlib.Path) -> None:
     """Random writes and compactions, then 12 watchers with random ranges, start revisions,
     filters and prev_kv: the same replies and events on petra as on etcd."""
