@@ -2,7 +2,8 @@
 
 Runs `python -m tests.raft_sim` in worker processes (the simulator lives under tests/, which
 bench/ does not import) over consecutive seed ranges, rotating through the fault profiles:
-1, 3 and 5 members; membership changes; the CHAOS schedule. Prints progress, the total, and
+1, 3 and 5 members; membership changes; the CHAOS schedule; a leader that sends before it
+persists and may crash in between. Prints progress, the total, and
 for any failure the seed and the command that replays it.
 
     python -m bench.raft_sim_long --seeds 100000 [--start 0] [--jobs 2] [--chunk 500]
@@ -26,6 +27,8 @@ PROFILES = [
     ["--members", "3", "--chaos"],
     ["--members", "5", "--membership"],
     ["--members", "5", "--chaos"],
+    ["--members", "3", "--leader-sends-first"],
+    ["--members", "5", "--leader-sends-first", "--membership"],
 ]
 
 

@@ -103,8 +103,8 @@ class RaftLog:
         return self.storage.last_index()
 
     def term(self, i: int) -> int:
-        """The term of entry i; 0 if i is outside [first-1, last]. Raises CompactedError or
-        UnavailableError when storage cannot answer."""
+        """The term of entry i; 0 if i is outside [first-1, last]. Raises UnavailableError
+        when storage cannot answer."""
         u = self.unstable
         k = i - u.offset
         if k >= 0:
@@ -113,10 +113,10 @@ class RaftLog:
         s = u.snapshot
         if s is not None:
             return s.term if i == s.index else 0
-        storage = self.storage
-        if i < storage.first_index() - 1:
-            return 0
-        return storage.term(i)
+        try:
+            return self.storage.term(i)
+        except CompactedError:
+            return 0  # below the dummy entry: out of range (etcd answers 0 too)
 
     def term_or_zero(self, i: int) -> int:
         try:
@@ -146,12 +146,14 @@ class RaftLog:
         if not self.match_term(index, log_term):
             return None
         lastnewi = index + len(ents)
-        # The common case appends right after our last entry: nothing to compare.
-        ci = index + 1 if ents and index == self.last_index() else self.find_conflict(ents)
-        if ci:
-            assert ci > self.committed, f"entry {ci} conflicts with committed {self.committed}"
-            self.append(list(ents[ci - index - 1 :]))
-        self.commit_to(min(committed, lastnewi))
+        if ents:
+            # The common case appends right after our last entry: nothing to compare.
+            ci = index + 1 if index == self.last_index() else self.find_conflict(ents)
+            if ci:
+                assert ci > self.committed, f"entry {ci} conflicts with committed {self.committed}"
+                self.unstable.truncate_and_append(list(ents[ci - index - 1 :]))
+        if self.committed < committed:
+            self.commit_to(min(committed, lastnewi))
         return lastnewi
 
     def append(self, ents: list[Entry]) -> int:

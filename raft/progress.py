@@ -164,7 +164,7 @@ class ProgressTracker:
         if not voters:
             return 0
         if len(voters) == 3:
-            a, b, c = (prs[v].match for v in voters)
+            a, b, c = [prs[v].match for v in voters]
             return max(min(a, b), min(max(a, b), c))  # the median: two of three have it
         matches = sorted([prs[v].match for v in voters], reverse=True)
         return matches[len(voters) // 2]

@@ -281,10 +281,32 @@ class Raft:
         term = self.term
         stamped = [Entry(term, li + 1 + i, e.type, e.data) for i, e in enumerate(ents)]
         li = self.raft_log.append(stamped)
-        # The leader counts its own entries at once: it may send in parallel with its fsync,
-        # and a single-member cluster commits here (the application fsyncs before applying).
-        self.prs.progress[self.id].maybe_update(li)
-        self.maybe_commit()
+        if self.prs.is_singleton():
+            # A lone voter commits at once, in the Ready that hands the entries over for
+            # persistence; the application fsyncs before applying them (etcd#14370).
+            self.prs.progress[self.id].maybe_update(li)
+            self.maybe_commit()
+        # With other voters the leader counts its own entries only once they are persisted
+        # (on_persisted): it may then send them before its own write completes (Raft thesis
+        # §10.2.1) without ever counting an entry that is not on its disk.
+
+    def persisted_index(self) -> int:
+        """The last index on this member's disk: storage only holds persisted entries."""
+        u = self.raft_log.unstable
+        if u.entries or u.snapshot is not None:
+            return u.offset - 1
+        return self.raft_log.storage.last_index()
+
+    def on_persisted(self) -> None:
+        """The application persisted what a Ready handed it (RawNode.advance)."""
+        if self.state != LEADER:
+            return
+        pr = self.prs.progress.get(self.id)
+        if pr is None or not pr.maybe_update(self.persisted_index()):
+            return
+        if self.maybe_commit():
+            self.release_pending_read_index_messages()
+            self.bcast_append()
 
     # ---- role changes ----------------------------------------------------------------------
 
@@ -299,10 +321,11 @@ class Raft:
         self.abort_leader_transfer()
         self.prs.reset_votes()
         last = self.raft_log.last_index()
+        own_match = last if self.prs.is_singleton() else self.persisted_index()
         for member, pr in self.prs.progress.items():
             fresh = Progress(0, last + 1, self.max_inflight, pr.is_learner)
             if member == self.id:
-                fresh.match = last
+                fresh.match = own_match
             self.prs.progress[member] = fresh
         self.pending_conf_index = 0
         self.uncommitted_size = 0

@@ -179,6 +179,7 @@ class RawNode:
         if rd.entries:
             last = rd.entries[-1]
             r.raft_log.stable_to(last.index, last.term)
+            r.on_persisted()
         if rd.snapshot is not None:
             r.raft_log.stable_snap_to(rd.snapshot.index)
 

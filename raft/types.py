@@ -172,11 +172,12 @@ class ReadState:
 class Ready:
     """What the application must do, in this order: persist `snapshot`, `hard_state` and
     `entries` (fsync if `must_sync`), send `messages`, apply `committed_entries`; then call
-    RawNode.advance(ready). Persist before sending, leader included: the leader counts its own
-    entries toward the commit quorum as soon as it appends them (etcd's classic rule), which
-    is safe only if they are durable before any follower can acknowledge them. Committed
-    entries may overlap `entries` (a single-member cluster commits what it proposes at once):
-    persist (fsync) before applying them."""
+    RawNode.advance(ready). A leader may send its messages before its own write completes:
+    it counts its own entries toward the commit quorum only once advance() reports them
+    persisted (Raft thesis §10.2.1). A follower must persist before sending (its
+    acknowledgments promise durability). Committed entries may overlap `entries` (a
+    single-member cluster commits what it proposes at once): persist (fsync) before applying
+    them."""
 
     soft_state: SoftState | None
     hard_state: HardState | None

@@ -27,8 +27,13 @@ VERSION_BODY = b'{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}'
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
-REASONS[503] = "Service Unavailable"
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
 
 Health = Callable[[], Awaitable[bool]]
 

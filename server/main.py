@@ -63,6 +63,13 @@ def _grpc_server(config: Config) -> Any:
         # Without this, a second server could bind the same port silently (SO_REUSEPORT).
         ("grpc.so_reuseport", 0),
         ("grpc.max_concurrent_streams", 2**31 - 1),
+        # etcd's keepalive policy (--grpc-keepalive-min-time 5s, -interval 2h, -timeout 20s):
+        # Go clients ping every 10 s or more on idle watches; gRPC's default 5-minute minimum
+        # would answer those pings with GOAWAY "too_many_pings" and drop the watches.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+        ("grpc.keepalive_time_ms", 2 * 3600 * 1000),
+        ("grpc.keepalive_timeout_ms", 20_000),
     ]
     metrics = _optional("server.metrics")
     interceptors = [metrics.RequestInterceptor()] if metrics is not None else []

@@ -57,12 +57,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
             await self.node.defragment()
         except Exception as exc:
             await errors.abort(context, exc)
-        return rpc_pb2.DefragmentResponse(header=self.node.header())
+        return rpc_pb2.DefragmentResponse()  # etcd answers with no header
 
     async def Hash(self, request: Any, context: Any) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            value = await loop.run_in_executor(None, self.node.store.hash)
+            async with self.node.backend_swap_lock:
+                value = await loop.run_in_executor(None, self.node.store.hash)
         except Exception as exc:
             await errors.abort(context, exc)
         return rpc_pb2.HashResponse(header=self.node.header(), hash=value & 0xFFFFFFFF)
@@ -70,9 +71,10 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
     async def HashKV(self, request: Any, context: Any) -> Any:
         loop = asyncio.get_running_loop()
         try:
-            value, compact_rev, rev = await loop.run_in_executor(
-                None, self.node.store.hash_kv, request.revision
-            )
+            async with self.node.backend_swap_lock:
+                value, compact_rev, rev = await loop.run_in_executor(
+                    None, self.node.store.hash_kv, request.revision
+                )
         except Exception as exc:
             await errors.abort(context, exc)
         return rpc_pb2.HashKVResponse(
@@ -91,12 +93,13 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
                 raise errors.NotCapableError()
         except Exception as exc:
             await errors.abort(context, exc)
-        return rpc_pb2.MoveLeaderResponse(header=node.header())
+        return rpc_pb2.MoveLeaderResponse()  # etcd answers with no header
 
     async def Snapshot(self, request: Any, context: Any) -> Any:
         loop = asyncio.get_running_loop()
         header = self.node.header()
-        spool = await loop.run_in_executor(None, self._copy_backend)
+        async with self.node.backend_swap_lock:
+            spool = await loop.run_in_executor(None, self._copy_backend)
         try:
             total = spool.seek(0, 2)
             spool.seek(0)

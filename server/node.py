@@ -21,7 +21,7 @@ from typing import Any
 
 from api.etcdserverpb import internal_pb2, rpc_pb2
 
-from . import errors
+from . import entry, errors
 from .applier import Applier
 from .config import Config
 from .raft_driver import RaftDriver
@@ -35,33 +35,10 @@ log = logging.getLogger(__name__)
 CATCH_UP_ENTRIES = 5000
 
 
+DEFAULT_SNAPSHOT_COUNT = 100_000
+
 # The cached database size lags by one batch at most; this margin covers what a batch adds.
 QUOTA_SLACK_BYTES = 64 * 1024 * 1024
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(number: int) -> bytes:
-    return _varint(number << 3 | 2)  # wire type 2: length-delimited
-
-
-_FIELDS = internal_pb2.InternalRequest.DESCRIPTOR.fields_by_name
-_TAGS = {name: _tag(field.number) for name, field in _FIELDS.items() if field.message_type}
-_HEADER_TAG = _tag(_FIELDS["header"].number)
-_ID_TAG = _varint(internal_pb2.InternalRequestHeader.DESCRIPTOR.fields_by_name["ID"].number << 3)
-
-
-def _varint_id_header(request_id: int) -> bytes:
-    """The length-prefixed encoding of InternalRequestHeader(ID=request_id)."""
-    body = _ID_TAG + _varint(request_id)
-    return _varint(len(body)) + body
 
 
 def _fatal(exc: BaseException) -> None:
@@ -105,14 +82,23 @@ class Node:
             loop,
             self.driver.on_job_done,
             snapshots=(
-                SnapshotPolicy(config.snapshot_count, self._take_snapshot, rec.snapshot_index)
+                SnapshotPolicy(
+                    # etcd: --snapshot-count 0 means its default.
+                    config.snapshot_count or DEFAULT_SNAPSHOT_COUNT,
+                    self._take_snapshot,
+                    rec.snapshot_index,
+                )
                 if rec.snapshotter is not None
                 else None
             ),
             on_fatal=_fatal,
         )
         self.driver.storage = self.storage
+        self.driver.single_voter = len(rec.identity.members) == 1
         self._stopped = False
+        # Held by long engine reads in worker threads (hash, snapshot copy) and by defragment,
+        # which swaps the engine's file under them.
+        self.backend_swap_lock = asyncio.Lock()
 
     @classmethod
     async def start(
@@ -134,6 +120,12 @@ class Node:
         if len(rec.identity.members) == 1:
             rec.raw_node.campaign()
             node.driver.kick()
+        else:
+            log.warning(
+                "initial cluster has %d members but this build has no peer transport yet: "
+                "no leader can be elected",
+                len(rec.identity.members),
+            )
         return node
 
     async def stop(self) -> None:
@@ -199,9 +191,7 @@ class Node:
         new InternalRequest: the entry bytes are the header and the message's own encoding,
         framed as that InternalRequest would be (the hot path of Put/DeleteRange/Txn)."""
         request_id = self.next_id()
-        body = message.SerializeToString()
-        data = b"".join((_HEADER_TAG, _varint_id_header(request_id), _TAGS[field],
-                         _varint(len(body)), body))  # fmt: skip
+        data = entry.frame(field, request_id, message.SerializeToString())
         if len(data) > self.config.max_request_bytes:
             raise errors.RequestTooLargeError()
         return await self.driver.propose(request_id, data)
@@ -240,13 +230,19 @@ class Node:
             parked.set()
             resume.wait()
 
+        async with self.backend_swap_lock:
+            await self._defragment_parked(parked, resume, park)
+
+    async def _defragment_parked(
+        self, parked: threading.Event, resume: threading.Event, park: Callable[[], None]
+    ) -> None:
         held = self.storage.call(park)
-        await self._loop.run_in_executor(None, parked.wait)
         try:
+            await self._loop.run_in_executor(None, parked.wait)
             self.store.defragment()
         finally:
-            resume.set()
-            await held
+            resume.set()  # also when cancelled: the storage thread must never stay parked
+        await held
 
     async def txn_read(self, request: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         """A read-only Txn without Raft or the WAL: evaluated by the engine in a write batch
@@ -261,12 +257,7 @@ class Node:
 
     async def wait_compaction(self) -> None:
         """Wait until the scheduled compaction has deleted everything (Compact physical=true)."""
-
-        def drain() -> None:
-            while self.store.compaction_step():
-                pass
-
-        await self.storage.call(drain)
+        await self.storage.when_compacted()
 
     def run_on_storage(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the storage thread (engine writes, defragment), ordered with applies."""
@@ -283,17 +274,29 @@ class Node:
         from wal import SnapshotMarker
 
         self.wal.save_snapshot(SnapshotMarker(index, term))
-        self.wal.release_to(index, keep=self.config.max_wals)
-        self.snapshotter.purge(keep=self.config.max_snapshots)
+        # etcd's 0 means "keep them all" for both.
+        if self.config.max_wals > 0:
+            self.wal.release_to(index, keep=self.config.max_wals)
+        if self.config.max_snapshots > 0:
+            self.snapshotter.purge(keep=self.config.max_snapshots)
         log.info("snapshot at index %d (term %d)", index, term)
 
     def _conf_lists(self) -> tuple[list[int], list[int]]:
         return [m[0] for m in self.identity.members], []
 
     def _compact_raft_log(self, index: int) -> None:
+        """After a snapshot at `index` (applied): Raft's storage records it, so a follower
+        behind the compacted log gets a snapshot, then drops all but the catch-up entries."""
+        import raft
+
+        memory = self._rec.memory
+        voters, learners = self._conf_lists()
+        conf = raft.ConfState(voters=tuple(voters), learners=tuple(learners))
+        if index > memory.snapshot().index:
+            memory.create_snapshot(index, conf, encode_snapshot_data(voters, learners, []))
         compact_to = index - CATCH_UP_ENTRIES
-        if compact_to > self._rec.memory.first_index():
-            self._rec.memory.compact(compact_to)
+        if compact_to > memory.first_index():
+            memory.compact(compact_to)
 
     def _apply_conf_change(self, entry: Any) -> None:
         from raft import codec

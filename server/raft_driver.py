@@ -35,13 +35,24 @@ READ_INDEX_RETRY_S = 0.5
 
 
 class _ReadBatch:
-    __slots__ = ("ctx", "future", "index", "sent_at_s")
+    __slots__ = ("ctx", "futures", "index", "sent_at_s", "first_sent_at_s")
 
-    def __init__(self, ctx: bytes, future: asyncio.Future[None]) -> None:
+    def __init__(self, ctx: bytes) -> None:
         self.ctx = ctx
-        self.future = future
+        # One future per reader, so that a reader's cancellation touches only its own.
+        self.futures: list[asyncio.Future[None]] = []
         self.index = -1
         self.sent_at_s = 0.0
+        self.first_sent_at_s = 0.0
+
+    def resolve(self, exc: BaseException | None) -> None:
+        for future in self.futures:
+            if future.done():
+                continue
+            if exc is None:
+                future.set_result(None)
+            else:
+                future.set_exception(exc)
 
 
 class RaftDriver:
@@ -90,6 +101,10 @@ class RaftDriver:
         self._read_ready: list[_ReadBatch] = []  # have a read index, waiting for apply
         self._ticker: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
+        # Set by the node for a cluster of one voter: reads then skip the ReadIndex round.
+        self.single_voter = False
+        # Index of the first entry of this leader's term (0: not leader, or unknown).
+        self._term_start_index = 0
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -150,19 +165,38 @@ class RaftDriver:
             raise errors.StoppedError()
         if not self.leader_id:
             raise errors.NoLeaderError()
+        if self.single_voter and self.is_leader and 0 < self._term_start_index <= self.commit_index:
+            return self._local_read_index()
         batch = self._read_next
         if batch is None:
-            batch = _ReadBatch(str(next(self._read_ctx)).encode(), self.loop.create_future())
+            batch = _ReadBatch(str(next(self._read_ctx)).encode())
             self._read_next = batch
             self.kick()
-        return batch.future
+        future: asyncio.Future[None] = self.loop.create_future()
+        batch.futures.append(future)
+        return future
+
+    def _local_read_index(self) -> asyncio.Future[None]:
+        """The lone voter's read index, without a Raft round: its commit index, as Raft itself
+        answers a singleton's ReadIndex (no one else can lead, so leadership needs no check).
+        Every acknowledged write was applied, so committed, so is at or below it; and the
+        leader has committed an entry of its own term, so the index is current."""
+        future: asyncio.Future[None] = self.loop.create_future()
+        if self.applied_index >= self.commit_index:
+            future.set_result(None)
+            return future
+        batch = _ReadBatch(b"")
+        batch.index = self.commit_index
+        batch.futures.append(future)
+        self._read_ready.append(batch)
+        return future
 
     def _send_read_index(self) -> None:
         batch = self._read_next
         if batch is None or self._read_sent:
             return  # one ReadIndex request outstanding at a time; the next batch waits
         self._read_next = None
-        batch.sent_at_s = time.monotonic()
+        batch.sent_at_s = batch.first_sent_at_s = time.monotonic()
         self._read_sent[batch.ctx] = batch
         self.raw.read_index(batch.ctx)
 
@@ -181,8 +215,7 @@ class RaftDriver:
         waiting = []
         for batch in self._read_ready:
             if batch.index <= self.applied_index:
-                if not batch.future.done():
-                    batch.future.set_result(None)
+                batch.resolve(None)
             else:
                 waiting.append(batch)
         self._read_ready = waiting
@@ -203,7 +236,10 @@ class RaftDriver:
         # again rather than leave the readers hanging.
         now_s = time.monotonic()
         for ctx, batch in list(self._read_sent.items()):
-            if now_s - batch.sent_at_s > READ_INDEX_RETRY_S:
+            if now_s - batch.first_sent_at_s > self.request_timeout_s:
+                del self._read_sent[ctx]
+                batch.resolve(errors.RequestTimeoutError())
+            elif now_s - batch.sent_at_s > READ_INDEX_RETRY_S:
                 batch.sent_at_s = now_s
                 if self.leader_id:
                     self.raw.read_index(ctx)
@@ -248,6 +284,10 @@ class RaftDriver:
         rd = self.raw.ready()
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+            # A new leader appends one entry of its term at once; reads may use the local
+            # read index once that entry is committed.
+            leading = self.is_leader and rd.entries
+            self._term_start_index = rd.entries[-1].index if leading else 0
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
             self.commit_index = max(self.commit_index, rd.hard_state.commit)
@@ -330,8 +370,7 @@ class RaftDriver:
             batches.append(self._read_next)
         self._read_sent, self._read_ready, self._read_next = {}, [], None
         for batch in batches:
-            if not batch.future.done():
-                batch.future.set_exception(exc)
+            batch.resolve(exc)
 
 
 def _leader_state() -> Any:

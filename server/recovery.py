@@ -122,10 +122,7 @@ def _raft_config(config: Config, identity: Identity, memory: Any, applied: int) 
         storage=memory,
         rng=random.Random(identity.member_id ^ int.from_bytes(os.urandom(4), "big")),
         pre_vote=True,
-        # A lone voter has nobody to hear from; and raft (2edde41..8fd0208) does not count the
-        # leader itself as recently active, so with check-quorum a single member steps down
-        # every election timeout. Multi-member clusters keep it on, as etcd does.
-        check_quorum=len(identity.members) > 1,
+        check_quorum=True,
         max_size_per_msg=1 << 20,
         max_inflight_msgs=256,
         applied=applied,
@@ -270,5 +267,5 @@ def _decode_snapshot(loaded: tuple[int, int, bytes]) -> Any:
 
     term, index, data = loaded
     body = json.loads(data) if data else {"voters": [], "learners": []}
-    conf = raft.ConfState(voters=list(body["voters"]), learners=list(body["learners"]))
+    conf = raft.ConfState(voters=tuple(body["voters"]), learners=tuple(body["learners"]))
     return raft.Snapshot(data=data, index=index, term=term, conf_state=conf)

@@ -63,25 +63,22 @@ def _check_txn_ops(req: Any, max_txn_ops: int) -> None:
 
 
 class _Deletes:
-    """Deleted intervals [begin, end); end None means one key, b"" means no upper bound."""
+    """Deleted intervals [begin, end), compared as etcd 3.4's interval tree compares them:
+    an empty end means the one key; any other end is taken literally, so a from-key delete
+    (end "\x00") covers no key here, and etcd accepts a put under it in the same txn."""
 
     def __init__(self) -> None:
         self.intervals: list[tuple[bytes, bytes | None]] = []
 
     def add(self, key: bytes, range_end: bytes) -> None:
-        if not range_end:
-            self.intervals.append((key, None))
-        elif range_end == b"\x00":
-            self.intervals.append((key, b""))
-        else:
-            self.intervals.append((key, range_end))
+        self.intervals.append((key, range_end or None))
 
     def hits(self, key: bytes) -> bool:
         for begin, end in self.intervals:
             if end is None:
                 if key == begin:
                     return True
-            elif begin <= key and (end == b"" or key < end):
+            elif begin <= key < end:
                 return True
         return False
 

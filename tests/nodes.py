@@ -154,7 +154,7 @@ class Node:
                 continue
             with grpc.insecure_channel(self.endpoint) as channel:
                 try:
-                    rpc_pb2_grpc.KVStub(channel).Range(request, timeout=min(left, 2.0))
+                    rpc_pb2_grpc.KVStub(channel).Range(request, timeout=min(left, 0.5))
                     return
                 except grpc.RpcError:
                     time.sleep(0.005)  # poll interval while it elects itself
@@ -209,6 +209,21 @@ def running(kind: str, tmp_path: pathlib.Path, **kw: object) -> Iterator[Node]:
         yield node.start()
     finally:
         node.stop()
+
+
+# --- known petra differences -------------------------------------------------------------
+
+
+def known_petra_bug(reason: str) -> pytest.MarkDecorator:
+    """An expected failure of a petra run, naming the owner's file and the symptom. Strict: once
+    the bug is fixed the test reports XPASS as a failure, so the marker gets removed."""
+    return pytest.mark.xfail(reason=f"known petra bug: {reason}", strict=True)
+
+
+def expect_petra_bug(request: pytest.FixtureRequest, kind: str, reason: str) -> None:
+    """known_petra_bug for a test parametrised by node kind: applies to the petra run only."""
+    if kind == "petra":
+        request.applymarker(known_petra_bug(reason))
 
 
 # --- fixtures ------------------------------------------------------------------------------

@@ -12,8 +12,9 @@ messages. Every random choice comes from one random.Random(seed), so a run repla
 
 After every round the simulator checks Raft's safety properties:
 - election safety: at most one leader per term;
-- log matching: an (index, term) pair names one entry everywhere (checked on every persisted
-  entry), and logs that agree at an index agree on everything before it (checked pairwise);
+- log matching: an (index, term) pair names one entry everywhere and always follows the same
+  predecessor term (checked on every persisted entry, so prefixes agree by induction), and
+  logs are also compared pairwise every 25 rounds;
 - leader completeness: a new leader holds the highest entry known to be committed;
 - state-machine safety: no two members apply different entries at one index;
 - read index: a read point is at or above every proposal acknowledged before the read began,
@@ -79,6 +80,8 @@ class SimParams:
     use_codec: bool = False
     max_size_per_msg: int | None = None  # None: chosen at random per seed
     chaos: bool = False  # the CHAOS schedule below (for the replay command)
+    leader_sends_first: bool = False  # the leader sends a Ready's messages before persisting
+    p_crash_mid_ready: float = 0.0  # ... and may crash between sending and persisting
 
 
 # Many short elections, frequent leader crashes and partitions, one entry per append: the
@@ -128,14 +131,25 @@ class SimMember:
             self.sm = [tuple(x) for x in ast.literal_eval(snap.data.decode())]  # type: ignore[misc]
             self.conf_history = [(snap.index, snap.conf_state)]
         self.applied_index = snap.index
+        self.died = False  # crashed in the middle of handling a Ready
 
     def handle_ready(self) -> list[Message]:
         out: list[Message] = []
+        p = self.sim.params
         while self.node.has_ready():
             rd = self.node.ready()
             self.sim.check_ready(self, rd)
+            # A leader may send before its own write completes (the server does); it may then
+            # die before the write, having sent entries it never persisted.
+            early = p.leader_sends_first and self.node.raft.state == StateType.LEADER
+            if early:
+                out.extend(rd.messages)
+                if self.sim.faults and self.sim.rng.random() < p.p_crash_mid_ready:
+                    self.died = True
+                    return out
             self.persist(rd)
-            out.extend(rd.messages)
+            if not early:
+                out.extend(rd.messages)
             self.apply(rd)
             for rs in rd.read_states:
                 self.sim.check_read_state(self, rs.index, rs.request_ctx)
@@ -212,6 +226,7 @@ class Sim:
         # Checker state.
         self.leader_of_term: dict[int, int] = {}
         self.entry_at: dict[tuple[int, int], tuple[int, bytes]] = {}
+        self.prev_term_at: dict[tuple[int, int], int] = {}
         self.applied_at: dict[int, tuple[int, bytes]] = {}
         self.max_committed = (0, 0)  # (index, term) known committed
         self.next_proposal = 0
@@ -236,11 +251,21 @@ class Sim:
                 self.fail(f"two leaders in term {r.term}: {prev} and {m.id}")
             if rd.soft_state is not None:
                 self.check_leader_completeness(m)
+        log = r.raft_log
         for e in rd.entries:
             key = (e.index, e.term)
             got = self.entry_at.setdefault(key, (e.type, e.data))
             if got != (e.type, e.data):
                 self.fail(f"log matching: two entries at index {e.index} term {e.term}")
+            # Log matching, whole prefixes, per step: if every (index, term) always follows the
+            # same predecessor term, logs that agree at an entry agree on all before it.
+            if e.index - 1 >= log.first_index() - 1:
+                prev = log.term_or_zero(e.index - 1)
+                if self.prev_term_at.setdefault(key, prev) != prev:
+                    self.fail(
+                        f"log matching: entry {e.term}/{e.index} follows term {prev} on member "
+                        f"{m.id} but term {self.prev_term_at[key]} elsewhere"
+                    )
         if rd.hard_state is not None and rd.hard_state.commit > self.max_committed[0]:
             c = rd.hard_state.commit
             self.max_committed = (c, r.raft_log.term_or_zero(c))
@@ -476,15 +501,19 @@ class Sim:
         for m in self.live():
             m.node.tick()
         self.deliver()
-        for m in self.live():
-            self.send(m.handle_ready())
+        self.handle_readies()
         # Healed: keep delivering until this round's exchanges are done (bounded).
         for _ in range(50):
             if self.faults or not any(x[0] <= self.round for x in self.in_flight):
                 break
             self.deliver()
-            for m in self.live():
-                self.send(m.handle_ready())
+            self.handle_readies()
+
+    def handle_readies(self) -> None:
+        for m in self.live():
+            self.send(m.handle_ready())
+            if m.died:
+                self.crash(m.id, self.round + self.rng.randint(1, self.params.crash_rounds_max))
 
     # ---- the run ---------------------------------------------------------------------------
 
@@ -590,6 +619,7 @@ def run_seed(seed: int, params: SimParams, verbose: bool = False) -> Sim:
 def replay_command(seed: int, params: SimParams) -> str:
     extra = " --membership" if params.p_membership else ""
     extra += " --chaos" if params.chaos else ""
+    extra += " --leader-sends-first" if params.leader_sends_first else ""
     extra += " --codec" if params.use_codec else ""
     extra += f" --rounds {params.fault_rounds}" if params.fault_rounds != 300 else ""
     return f"python -m tests.raft_sim --seed {seed} --members {params.members}{extra} --verbose"
@@ -604,6 +634,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--membership", action="store_true", help="also change membership")
     ap.add_argument("--codec", action="store_true", help="encode/decode every message")
     ap.add_argument("--chaos", action="store_true", help="the CHAOS fault schedule")
+    ap.add_argument(
+        "--leader-sends-first",
+        action="store_true",
+        help="the leader sends before persisting and may crash in between",
+    )
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
     params = dataclasses.replace(
@@ -612,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         fault_rounds=args.rounds,
         p_membership=0.02 if args.membership else 0.0,
         use_codec=args.codec,
+        leader_sends_first=args.leader_sends_first,
+        p_crash_mid_ready=0.05 if args.leader_sends_first else 0.0,
     )
     acked = leader_rounds_max = 0
     for seed in range(args.seed, args.seed + args.seeds):

@@ -33,12 +33,12 @@ from api.mvccpb import kv_pb2
 from api.v3electionpb import v3election_pb2
 from api.v3lockpb import v3lock_pb2
 from tests import nodes
-from tests.nodes import Stubs, running, stubs
+from tests.nodes import Stubs, known_petra_bug, running, stubs
 
 node_kind = nodes.node_kind
 
 Req = rpc_pb2
-IDENTITY = ("cluster_id", "member_id", "raft_term")
+IDENTITY = ("cluster_id", "member_id", "raft_term", "raftTerm")
 WATCH_TIMEOUT_S = 20.0
 
 
@@ -430,6 +430,89 @@ def scenario_watch_progress_and_ids(rec: Recorder) -> None:
         ws.close()
 
 
+def scenario_quirks(rec: Recorder) -> None:
+    """etcd 3.4 behaviours found by the random sequences, one request each; ordered so that
+    one difference does not shift the revisions of the next."""
+    kv = rec.s.kv
+    for key in ("s/c", "s/a", "s/b"):  # key order a, b, c; creation order c, a, b
+        rec.call(f"put {key}", lambda k=key: kv.Put(put(k, "v")))
+    # A sort target other than KEY with order NONE sorts ascending, but etcd applies the limit
+    # in key order first (it decides to fetch everything from the order as sent): s/a, where
+    # ASCEND gives s/c.
+    sort_none = rng("s/", "s0", limit=1, sort_target=rpc_pb2.RangeRequest.CREATE)
+    rec.call("range sort CREATE order NONE limit 1", lambda: kv.Range(sort_none))
+    sort_asc = rng("s/", "s0", limit=1, sort_target=rpc_pb2.RangeRequest.CREATE,
+                   sort_order=rpc_pb2.RangeRequest.ASCEND)  # fmt: skip
+    rec.call("range sort CREATE ASCEND limit 1", lambda: kv.Range(sort_asc))
+    rec.call("compact 3", lambda: kv.Compact(rpc_pb2.CompactionRequest(revision=3, physical=True)))
+    # At apply time every put of the taken branch is checked before any range.
+    late_put = rpc_pb2.TxnRequest(
+        success=[op_range("s/a", revision=2), op_put("s/none", "", ignore_value=True)]
+    )
+    rec.call("txn compacted range, then put of a missing key", lambda: kv.Txn(late_put))
+    late_lease = rpc_pb2.TxnRequest(success=[op_range("s/a", revision=2), op_put("s/l", lease=77)])
+    rec.call("txn compacted range, then put with unknown lease", lambda: kv.Txn(late_lease))
+    # The duplicate-key check reads a delete's range_end "\0" as the literal interval
+    # [key, "\0"), which is empty: a put under a from-key delete in one branch is accepted.
+    from_key = rpc_pb2.TxnRequest(success=[op_put("s/z"), op_del("s/", "\0")])
+    rec.call("txn put + from-key delete", lambda: kv.Txn(from_key))
+    rec.call("range after", lambda: kv.Range(rng("s/", "s0")))
+
+
+def _status_shape(d: dict[str, Any]) -> None:
+    """Sizes and raft indexes depend on the implementation; keep their relations."""
+    size, in_use = int(d.pop("dbSize", 0)), int(d.pop("dbSizeInUse", 0))
+    d["sizes"] = 0 < in_use <= size
+    d["raftIndex"] = int(d.pop("raftAppliedIndex", 0)) <= int(d.get("raftIndex", 0))
+    d["leader"] = d.get("leader") == d.get("header", {}).get("member_id")
+
+
+def _members_shape(d: dict[str, Any]) -> None:
+    """Member IDs and ports differ between two clusters; the rest must not."""
+    for m in d.get("members", []):
+        m["ID"], m["peerURLs"], m["clientURLs"] = "*", ["*"], ["*"]
+
+
+def _alarm_shape(d: dict[str, Any]) -> None:
+    for alarm in d.get("alarms", []):
+        alarm["memberID"] = "*"
+
+
+def scenario_cluster_and_maintenance(rec: Recorder) -> None:
+    s = rec.s
+    rec.call("put", lambda: s.kv.Put(put("m", "1")))
+    rec.call("status", lambda: s.maintenance.Status(rpc_pb2.StatusRequest()), post=_status_shape)
+    members = s.cluster.MemberList(rpc_pb2.MemberListRequest(), timeout=10).members
+    me = members[0].ID
+    rec.call("member list", lambda: s.cluster.MemberList(rpc_pb2.MemberListRequest()),
+             post=_members_shape)  # fmt: skip
+    rec.call("remove unknown", lambda: s.cluster.MemberRemove(rpc_pb2.MemberRemoveRequest(ID=42)))
+    rec.call("promote voter", lambda: s.cluster.MemberPromote(rpc_pb2.MemberPromoteRequest(ID=me)))
+    rec.call(
+        "promote unknown", lambda: s.cluster.MemberPromote(rpc_pb2.MemberPromoteRequest(ID=42))
+    )
+    bad_urls = rpc_pb2.MemberAddRequest(peerURLs=["not a url"])
+    rec.call("add bad url", lambda: s.cluster.MemberAdd(bad_urls))
+    same = rpc_pb2.MemberAddRequest(peerURLs=list(members[0].peerURLs))
+    rec.call("add existing peer url", lambda: s.cluster.MemberAdd(same))
+    rec.call("update unknown", lambda: s.cluster.MemberUpdate(
+        rpc_pb2.MemberUpdateRequest(ID=42, peerURLs=["http://127.0.0.1:1"])))  # fmt: skip
+    rec.call("move leader unknown", lambda: s.maintenance.MoveLeader(
+        rpc_pb2.MoveLeaderRequest(targetID=42)))  # fmt: skip
+    rec.call("move leader to self", lambda: s.maintenance.MoveLeader(
+        rpc_pb2.MoveLeaderRequest(targetID=me)))  # fmt: skip
+    rec.call("alarm activate", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest(
+        action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE)), post=_alarm_shape)  # fmt: skip
+    rec.call("alarm get", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest()), post=_alarm_shape)
+    rec.call("put under NOSPACE", lambda: s.kv.Put(put("m", "2")))
+    rec.call("delete under NOSPACE", lambda: s.kv.DeleteRange(
+        rpc_pb2.DeleteRangeRequest(key=b"m")))  # fmt: skip
+    rec.call("alarm deactivate", lambda: s.maintenance.Alarm(rpc_pb2.AlarmRequest(
+        action=rpc_pb2.AlarmRequest.DEACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE)), post=_alarm_shape)  # fmt: skip
+    rec.call("put after disarm", lambda: s.kv.Put(put("m", "3")))
+    rec.call("defragment", lambda: s.maintenance.Defragment(rpc_pb2.DefragmentRequest()))
+
+
 SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "txn_edge_cases": scenario_txn_edge_cases,
     "historical_ranges": scenario_historical_ranges,
@@ -438,6 +521,8 @@ SCENARIOS: dict[str, Callable[[Recorder], None]] = {
     "errors": scenario_errors,
     "lock_and_election": scenario_lock_and_election,
     "watch_progress_and_ids": scenario_watch_progress_and_ids,
+    "quirks": scenario_quirks,
+    "cluster_and_maintenance": scenario_cluster_and_maintenance,
 }
 
 
@@ -501,6 +586,239 @@ def random_scenario(seed: int, ops: int) -> Callable[[Recorder], None]:
     return run
 
 
+class RichOps:
+    """Random requests over every option of Range, Put, DeleteRange, Txn (nested, with
+    compares on every target and result) and leases with explicit IDs; one seeded stream."""
+
+    KEYS = ("a", "a/1", "a/2", "b", "b\xff", "c", "\x00z")
+    ENDS = ("", "\x00", "b", "c", "a0", "\xff")
+    LEASES = (0, 0x51, 0x52, 0x53)
+
+    def __init__(self, r: random.Random, txn_from_key_deletes: bool = True) -> None:
+        self.r = r
+        # False keeps range_end "\0" out of deletes inside txns: etcd 3.4's duplicate-key
+        # check misreads them (the rich sequences cover that); elsewhere it would only mask
+        # what a test is after.
+        self.txn_from_key_deletes = txn_from_key_deletes
+
+    def key(self) -> bytes:
+        return self.r.choice(self.KEYS).encode("latin-1")
+
+    def end(self) -> bytes:
+        return self.r.choice(self.ENDS).encode("latin-1")
+
+    def range(self, revision: int) -> rpc_pb2.RangeRequest:
+        r = self.r
+        req = rpc_pb2.RangeRequest(key=self.key(), range_end=self.end())
+        if r.random() < 0.3:
+            req.revision = r.randint(0, revision + 1)
+        if r.random() < 0.4:
+            req.limit = r.randint(0, 4)
+        if r.random() < 0.4:
+            req.sort_order = r.randrange(3)
+            req.sort_target = r.randrange(5)
+        req.keys_only = r.random() < 0.2
+        req.count_only = r.random() < 0.1
+        for field in ("min_mod_revision", "max_mod_revision", "min_create_revision",
+                      "max_create_revision"):  # fmt: skip
+            if r.random() < 0.1:
+                setattr(req, field, r.randint(0, revision + 1))
+        return req
+
+    def put(self) -> rpc_pb2.PutRequest:
+        r = self.r
+        req = rpc_pb2.PutRequest(key=self.key(), value=f"{r.random():.5f}".encode())
+        req.prev_kv = r.random() < 0.5
+        roll = r.random()
+        if roll < 0.2:
+            req.lease = r.choice(self.LEASES)
+        elif roll < 0.25:
+            req.ignore_lease = True
+        elif roll < 0.3:
+            req.ignore_value, req.value = True, b""
+        return req
+
+    def delete(self) -> rpc_pb2.DeleteRangeRequest:
+        return rpc_pb2.DeleteRangeRequest(
+            key=self.key(), range_end=self.end(), prev_kv=self.r.random() < 0.5
+        )
+
+    def compare(self) -> rpc_pb2.Compare:
+        r = self.r
+        c = rpc_pb2.Compare(key=self.key(), result=r.randrange(4), target=r.randrange(5))
+        if r.random() < 0.2:
+            c.range_end = self.end()
+        target = c.target
+        if target == rpc_pb2.Compare.VERSION:
+            c.version = r.randint(0, 3)
+        elif target == rpc_pb2.Compare.CREATE:
+            c.create_revision = r.randint(0, 20)
+        elif target == rpc_pb2.Compare.MOD:
+            c.mod_revision = r.randint(0, 20)
+        elif target == rpc_pb2.Compare.VALUE:
+            c.value = r.choice([b"", b"0.5", b"\xff"])
+        else:
+            c.lease = r.choice(self.LEASES)
+        return c
+
+    def op(self, revision: int, depth: int) -> rpc_pb2.RequestOp:
+        roll = self.r.random()
+        if roll < 0.3:
+            return rpc_pb2.RequestOp(request_range=self.range(revision))
+        if roll < 0.65:
+            return rpc_pb2.RequestOp(request_put=self.put())
+        if roll < 0.9 or depth > 0:
+            delete = self.delete()
+            if not self.txn_from_key_deletes and delete.range_end == b"\0":
+                delete.range_end = b"\xff"
+            return rpc_pb2.RequestOp(request_delete_range=delete)
+        return rpc_pb2.RequestOp(request_txn=self.txn(revision, depth + 1))
+
+    def txn(self, revision: int, depth: int = 0) -> rpc_pb2.TxnRequest:
+        r = self.r
+        return rpc_pb2.TxnRequest(
+            compare=[self.compare() for _ in range(r.randint(0, 2))],
+            success=[self.op(revision, depth) for _ in range(r.randint(0, 3))],
+            failure=[self.op(revision, depth) for _ in range(r.randint(0, 3))],
+        )
+
+
+def rich_random_scenario(seed: int, ops: int) -> Callable[[Recorder], None]:
+    def run(rec: Recorder) -> None:
+        r = random.Random(seed)
+        gen = RichOps(r)
+        s = rec.s
+        revision = 1
+        for lease_id in RichOps.LEASES[1:]:
+            req = rpc_pb2.LeaseGrantRequest(ID=lease_id, TTL=600)
+            rec.call(f"grant {lease_id}", lambda q=req: s.lease.LeaseGrant(q))
+        for i in range(ops):
+            roll = r.random()
+            if roll < 0.25:
+                q: Message = gen.put()
+                resp = rec.call(f"{i} put", lambda q=q: s.kv.Put(q))
+            elif roll < 0.35:
+                q = gen.delete()
+                resp = rec.call(f"{i} del", lambda q=q: s.kv.DeleteRange(q))
+            elif roll < 0.6:
+                q = gen.range(revision)
+                resp = rec.call(f"{i} range", lambda q=q: s.kv.Range(q))
+            elif roll < 0.92:
+                q = gen.txn(revision)
+                resp = rec.call(f"{i} txn", lambda q=q: s.kv.Txn(q))
+            elif roll < 0.96:
+                q = rpc_pb2.LeaseRevokeRequest(ID=r.choice(RichOps.LEASES))
+                resp = rec.call(f"{i} revoke", lambda q=q: s.lease.LeaseRevoke(q))
+            else:
+                q = rpc_pb2.CompactionRequest(revision=r.randint(1, revision + 1))
+                resp = rec.call(f"{i} compact", lambda q=q: s.kv.Compact(q))
+            if resp is not None:
+                revision = max(revision, int(resp.get("header", {}).get("revision", revision)))
+        replay_all(rec, revision)
+
+    return run
+
+
+def in_range(key: bytes, begin: bytes, end: bytes) -> bool:
+    """etcd's key-range membership (watch and range): one key, from-key, or [begin, end)."""
+    if not end:
+        return key == begin
+    if end == b"\0":
+        return key >= begin
+    return begin <= key < end
+
+
+def random_watch_scenario(seed: int, writes: int, watchers: int) -> Callable[[Recorder], None]:
+    """Random writes with compactions, then watchers with random ranges, start revisions,
+    filters and prev_kv; each must deliver exactly the events its range selects from the
+    surviving history (counted on the node's own history, so a short stream is an error)."""
+
+    def run(rec: Recorder) -> None:
+        r = random.Random(seed)
+        gen = RichOps(r, txn_from_key_deletes=False)
+        s = rec.s
+        revision = 1
+        for i in range(writes):
+            roll = r.random()
+            if roll < 0.5:
+                q: Message = gen.put()
+                resp = rec.call(f"{i} put", lambda q=q: s.kv.Put(q))
+            elif roll < 0.7:
+                q = gen.delete()
+                resp = rec.call(f"{i} del", lambda q=q: s.kv.DeleteRange(q))
+            elif roll < 0.95:
+                q = gen.txn(revision)
+                resp = rec.call(f"{i} txn", lambda q=q: s.kv.Txn(q))
+            else:
+                q = rpc_pb2.CompactionRequest(revision=max(1, revision - r.randint(0, 10)))
+                resp = rec.call(f"{i} compact", lambda q=q: s.kv.Compact(q))
+            if resp is not None:
+                revision = max(revision, int(resp.get("header", {}).get("revision", revision)))
+        compacted, history = surviving_history(s, revision)
+        rec.note("compacted", compacted)
+        for w in range(watchers):
+            begin, end = gen.key(), gen.end()
+            start = r.randint(max(1, compacted - 2), revision)
+            if start == compacted:
+                start += 1  # etcd 3.4 drops a DELETE at exactly the compaction revision
+            filters = [f for f in (0, 1) if r.random() < 0.2]
+            prev_kv = r.random() < 0.5
+            create = rpc_pb2.WatchCreateRequest(
+                key=begin, range_end=end, start_revision=start, filters=filters, prev_kv=prev_kv
+            )
+            empty = bool(end) and end != b"\0" and end <= begin
+            selected = [
+                e
+                for e in history
+                if in_range(e.kv.key, begin, end)
+                and e.kv.mod_revision >= start
+                and int(e.type) not in filters  # NOPUT=0 drops PUT=0, NODELETE=1 drops DELETE=1
+            ]
+            label = f"watcher {w} [{begin!r}, {end!r}) from {start} filters {filters} {prev_kv}"
+            ws = WatchStream(s)
+            try:
+                ws.send(rpc_pb2.WatchRequest(create_request=create))
+                if empty or start < compacted:  # refused: record replies up to the cancel
+                    replies = [ws.recv()]
+                    while not replies[-1].canceled:
+                        replies.append(ws.recv())
+                    rec.note(label, [rec.normalise(x) for x in replies])
+                else:
+                    watch_events(rec, ws, label, len(selected))
+            finally:
+                ws.close()
+
+    return run
+
+
+def surviving_history(s: Stubs, revision: int) -> tuple[int, list[kv_pb2.Event]]:
+    """(compaction revision, every event above it up to `revision`), read through watches."""
+    everything = {"key": b"\0", "range_end": b"\0"}
+    ws = WatchStream(s)
+    try:
+        ws.send(
+            rpc_pb2.WatchRequest(
+                create_request=rpc_pb2.WatchCreateRequest(start_revision=1, **everything)
+            )
+        )
+        first = ws.recv()
+        reply = ws.recv() if first.created and not first.canceled else first
+    finally:
+        ws.close()
+    compacted = int(reply.compact_revision) if reply.canceled else 0
+    events: list[kv_pb2.Event] = [] if reply.canceled else list(reply.events)
+    if reply.canceled and compacted + 1 <= revision:
+        ws = WatchStream(s)
+        try:
+            create = rpc_pb2.WatchCreateRequest(start_revision=compacted + 1, **everything)
+            ws.send(rpc_pb2.WatchRequest(create_request=create))
+            while not events or events[-1].kv.mod_revision < revision:
+                events += list(ws.recv().events)
+        finally:
+            ws.close()
+    return compacted, events
+
+
 def replay_all(rec: Recorder, revision: int) -> None:
     """The whole surviving history through watches: from revision 1 (canceled with the
     compaction revision C if there was one), then from C + 1 to the current revision. Not from
@@ -549,13 +867,18 @@ def run_on(kind: str, tmp_path: pathlib.Path, scenario: Callable[[Recorder], Non
 
 
 def assert_same(expected: list[Any], got: list[Any], context: str) -> None:
-    """Every step equal; a failure lists every differing step (etcd's answer, then petra's)."""
-    assert [label for label, _ in got] == [label for label, _ in expected], context
-    diffs = [
-        f"  {label!r}:\n    want {want}\n    have {have}"
-        for (label, want), (_, have) in zip(expected, got, strict=True)
-        if have != want
-    ]
+    """Every step equal; a failure lists every differing step (etcd's answer, then petra's)
+    up to where the two runs stop sending the same requests (a random sequence reads the
+    revisions it gets back, so one difference can change every later request)."""
+    diffs = []
+    for (label, want), (label_got, have) in zip(expected, got, strict=False):
+        if label != label_got:
+            diffs.append(f"  the runs diverge here: etcd's step {label!r}, petra's {label_got!r}")
+            break
+        if have != want:
+            diffs.append(f"  {label!r}:\n    want {want}\n    have {have}")
+    if not diffs and len(expected) != len(got):
+        diffs.append(f"  etcd's run has {len(expected)} steps, petra's {len(got)}")
     assert not diffs, f"{context}: {len(diffs)} steps differ\n" + "\n".join(diffs)
 
 
@@ -577,7 +900,26 @@ def test_etcd_is_deterministic(tmp_path: pathlib.Path) -> None:
         assert_same(first, second, f"etcd vs etcd, {name}")
 
 
-@pytest.mark.parametrize("name", list(SCENARIOS))
+# Scenarios where petra still differs from etcd 3.4.23, as of the last merge (see the report).
+KNOWN_DIFFERENCES = {
+    "lock_and_election": "server/lock_service.py answers Lock with an unknown lease NOT_FOUND "
+    "(etcd: UNKNOWN, same text); server/election_service.py Leader's header lacks "
+    "cluster_id, member_id and raft_term",
+    "quirks": "engine: a Range with sort_target != KEY, sort_order NONE and a limit sorts "
+    "everything before the limit (etcd limits in key order first); at txn apply a compacted "
+    "range is reported before a put's key not found / unknown lease (etcd checks puts first)",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(n, marks=known_petra_bug(KNOWN_DIFFERENCES[n]))
+        if n in KNOWN_DIFFERENCES
+        else n
+        for n in SCENARIOS
+    ],
+)
 def test_petra_matches_etcd(name: str, tmp_path: pathlib.Path) -> None:
     """Each scenario gives petra's answers equal to etcd's (identities masked)."""
     expected = _expected(name, tmp_path)
@@ -592,6 +934,51 @@ def test_random_sequence_matches_etcd(seed: int, tmp_path: pathlib.Path) -> None
     expected = run_on("etcd", tmp_path, scenario)
     got = run_on("petra", tmp_path, scenario)
     assert_same(expected, got, f"seed {seed} (replay: pytest -k 'random and {seed}')")
+
+
+@pytest.mark.parametrize("seed", [44, 55, 66])
+def test_rich_random_sequence_matches_etcd(seed: int, tmp_path: pathlib.Path) -> None:
+    """Seeded random requests over every option of KV, Txn (nested) and leases: same answers."""
+    scenario = rich_random_scenario(seed, 120)
+    expected = run_on("etcd", tmp_path, scenario)
+    got = run_on("petra", tmp_path, scenario)
+    assert_same(expected, got, f"seed {seed} (replay: pytest -k 'rich and {seed}')")
+
+
+WATCH_CANCEL_HEADER = (
+    "server/watch_service.py: the reply cancelling a watcher for compaction carries "
+    "header.revision = current revision; etcd 3.4 sends 0"
+)
+
+
+@pytest.mark.parametrize("seed", [pytest.param(77, marks=known_petra_bug(WATCH_CANCEL_HEADER)), 88])
+def test_random_watchers_match_etcd(seed: int, tmp_path: pathlib.Path) -> None:
+    """Random writes and compactions, then 12 watchers with random ranges, start revisions,
+    filters and prev_kv: the same replies and events on petra as on etcd."""
+    scenario = random_watch_scenario(seed, 80, 12)
+    expected = run_on("etcd", tmp_path, scenario)
+    got = run_on("petra", tmp_path, scenario)
+    assert_same(expected, got, f"seed {seed} (replay: pytest -k 'watchers and {seed}')")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(300, 315))
+def test_random_watchers_match_etcd_long(seed: int, tmp_path: pathlib.Path) -> None:
+    """More random watcher runs (slow)."""
+    scenario = random_watch_scenario(seed, 300, 40)
+    assert_same(
+        run_on("etcd", tmp_path, scenario), run_on("petra", tmp_path, scenario), f"seed {seed}"
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(200, 220))
+def test_rich_random_sequence_matches_etcd_long(seed: int, tmp_path: pathlib.Path) -> None:
+    """Longer rich random sequences (slow)."""
+    scenario = rich_random_scenario(seed, 500)
+    assert_same(
+        run_on("etcd", tmp_path, scenario), run_on("petra", tmp_path, scenario), f"seed {seed}"
+    )
 
 
 @pytest.mark.slow

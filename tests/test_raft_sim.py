@@ -7,11 +7,16 @@ import dataclasses
 
 import pytest
 
+from raft import Entry
 from raft.log import RaftLog
 from raft.raft import Raft
 from tests.raft_sim import CHAOS, SafetyViolation, SimParams, replay_command, run_seed
 
-# (name, params, first seed, seed count): 650 seeds in all.
+# The leader sends a Ready's messages before persisting it (as the server does) and may crash
+# in between, losing entries it already sent.
+LEADER_SENDS_FIRST = SimParams(members=3, leader_sends_first=True, p_crash_mid_ready=0.05)
+
+# (name, params, first seed, seed count): 700 seeds in all.
 SUITES = [
     ("1-member", SimParams(members=1), 0, 100),
     ("3-members", SimParams(members=3), 1000, 250),
@@ -21,6 +26,7 @@ SUITES = [
     ("3-members-chaos", CHAOS, 5000, 80),
     ("5-members-chaos", dataclasses.replace(CHAOS, members=5), 6000, 20),
     ("3-members-codec", SimParams(members=3, use_codec=True), 7000, 20),
+    ("3-members-leader-sends-first", LEADER_SENDS_FIRST, 8000, 50),
 ]
 CHUNK_SEEDS = 50
 
@@ -101,3 +107,26 @@ def test_simulator_catches_reads_without_leadership_check(
     found = _first_failing_seed(SimParams(members=3), range(0, 300))
     assert found is not None, "the simulator missed the planted read-index bug"
     print(f"planted read-index bug caught by seed {found[0]}: {found[1]}")
+
+
+def test_simulator_catches_appends_without_the_consistency_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planted bug: a follower accepts an append without checking that its log matches at
+    the entry before it (§5.3); the per-step log matching check sees the diverging prefix."""
+
+    def buggy_maybe_append(
+        self: RaftLog, index: int, log_term: int, committed: int, ents: tuple[Entry, ...]
+    ) -> int | None:
+        if index > self.last_index():
+            return None
+        ci = self.find_conflict(ents)
+        if ci:
+            self.append(list(ents[ci - index - 1 :]))
+        self.commit_to(min(committed, index + len(ents)))
+        return index + len(ents)
+
+    monkeypatch.setattr(RaftLog, "maybe_append", buggy_maybe_append)
+    found = _first_failing_seed(SimParams(members=3), range(0, 300))
+    assert found is not None, "the simulator missed the planted log-matching bug"
+    print(f"planted log-matching bug caught by seed {found[0]}: {found[1]}")

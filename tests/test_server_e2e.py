@@ -236,3 +236,126 @@ def test_data_dir_of_another_cluster_or_in_use(tmp_path: pathlib.Path) -> None:
     done = run_to_exit(other)
     assert done.returncode == 1
     assert "belongs to cluster" in last_line(done), done.stderr
+
+
+def test_maintenance_and_cluster_over_the_wire(petra: Petra) -> None:
+    """Snapshot stream (remaining bytes count down, SHA-256 trailer), Hash/HashKV, MoveLeader
+    and membership changes with etcd's errors, Alarm activate/deactivate."""
+    import hashlib
+
+    kv, maintenance, cluster, channel = stubs(petra)
+    with channel:
+        kv.Put(rpc_pb2.PutRequest(key=b"a", value=b"1"))
+        chunks = list(maintenance.Snapshot(rpc_pb2.SnapshotRequest()))
+        blobs = [c.blob for c in chunks]
+        data, trailer = b"".join(blobs[:-1]), blobs[-1]
+        assert trailer == hashlib.sha256(data).digest() and len(data) % 512 == 0
+        assert chunks[-2].remaining_bytes == 0 and chunks[0].remaining_bytes == len(data) - len(
+            blobs[0]
+        )
+        hash_kv = maintenance.HashKV(rpc_pb2.HashKVRequest(revision=0))
+        assert hash_kv.header.revision == 2 and hash_kv.compact_revision == -1
+        assert maintenance.Hash(rpc_pb2.HashRequest()).hash != 0
+        me = maintenance.Status(rpc_pb2.StatusRequest()).header.member_id
+        maintenance.MoveLeader(rpc_pb2.MoveLeaderRequest(targetID=me))
+        bad = rpc_pb2.MoveLeaderRequest(targetID=me + 1)
+        assert code_and_text(lambda: maintenance.MoveLeader(bad)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "etcdserver: bad leader transferee",
+        )
+        remove = rpc_pb2.MemberRemoveRequest(ID=me)
+        assert code_and_text(lambda: cluster.MemberRemove(remove))[1] == (
+            "etcdserver: re-configuration failed due to not enough started members"
+        )
+        promote = rpc_pb2.MemberPromoteRequest(ID=me)
+        assert code_and_text(lambda: cluster.MemberPromote(promote)) == (
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "etcdserver: can only promote a learner member",
+        )
+        unknown = rpc_pb2.MemberRemoveRequest(ID=me + 1)
+        assert code_and_text(lambda: cluster.MemberRemove(unknown)) == (
+            grpc.StatusCode.NOT_FOUND,
+            "etcdserver: member not found",
+        )
+        nospace = rpc_pb2.AlarmRequest(
+            action=rpc_pb2.AlarmRequest.ACTIVATE, memberID=me, alarm=rpc_pb2.AlarmType.NOSPACE
+        )
+        maintenance.Alarm(nospace)
+        status = maintenance.Status(rpc_pb2.StatusRequest())
+        assert status.errors == [f"memberID:{me} alarm:NOSPACE "]
+        assert code_and_text(lambda: kv.Put(rpc_pb2.PutRequest(key=b"b", value=b"2"))) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "etcdserver: mvcc: database space exceeded",
+        )
+        nospace.action = rpc_pb2.AlarmRequest.DEACTIVATE
+        maintenance.Alarm(nospace)
+        assert kv.Put(rpc_pb2.PutRequest(key=b"b", value=b"2")).header.revision == 3
+
+
+@pytest.mark.slow
+def test_idle_watch_survives_client_keepalive_pings(petra: Petra) -> None:
+    """A client pinging every 5.5 s (Go clients ping every >= 10 s) on an idle watch is not
+    cut off with GOAWAY "too_many_pings": the server accepts pings 5 s apart, as etcd does."""
+    import queue
+    import threading
+
+    options = [
+        ("grpc.keepalive_time_ms", 5500),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    channel = grpc.insecure_channel(f"127.0.0.1:{petra.port}", options=options)
+    requests: queue.Queue[Any] = queue.Queue()
+    requests.put(rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"idle")))
+    stream = rpc_pb2_grpc.WatchStub(channel).Watch(iter(requests.get, None))
+    assert next(stream).created
+    done = threading.Event()
+    done.wait(25)  # idle: only keepalive pings cross the connection meanwhile
+    kv = rpc_pb2_grpc.KVStub(channel)
+    kv.Put(rpc_pb2.PutRequest(key=b"idle", value=b"v"))
+    assert next(stream).events[0].kv.value == b"v"
+    requests.put(None)
+    channel.close()
+
+
+def test_sigterm_under_load_keeps_every_acknowledged_write(tmp_path: pathlib.Path) -> None:
+    """SIGTERM while 8 clients write: the node exits 0, in-flight calls are answered or
+    failed, and after a restart every acknowledged write is there."""
+    import threading
+
+    node = Petra(tmp_path).start()
+    acked: list[bytes] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def writer(wid: int) -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
+            kv = rpc_pb2_grpc.KVStub(channel)
+            for i in range(100_000):
+                if stop.is_set():
+                    return
+                key = b"w%d/%d" % (wid, i)
+                try:
+                    kv.Put(rpc_pb2.PutRequest(key=key, value=b"v"), timeout=10)
+                except grpc.RpcError:
+                    return
+                with lock:
+                    acked.append(key)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acked) < 100 and time.monotonic() < deadline:
+        threads[0].join(0.05)
+    assert node.stop() == 0
+    stop.set()
+    for t in threads:
+        t.join(30)
+    node.start()
+    kv, _, _, channel = stubs(node)
+    with channel:
+        got = kv.Range(rpc_pb2.RangeRequest(key=b"w", range_end=b"x", keys_only=True))
+    stored = {x.key for x in got.kvs}
+    assert len(acked) >= 100 and set(acked) <= stored
+    assert node.stop() == 0
