@@ -26,7 +26,7 @@ from server.service_errors import (
     ElectionNoLeaderError,
     ElectionNotLeaderError,
     MissingLeaderKeyError,
-    abort,
+    abort_as_client,
 )
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
         try:
             return await self.campaign(request.name, request.lease, request.value)
         except Exception as exc:
-            await abort(context, exc)
+            await abort_as_client(context, exc)
 
     async def Proclaim(
         self, request: v3election_pb2.ProclaimRequest, context: Any
@@ -71,7 +71,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             header = await self.proclaim(request.leader, request.value)
             return v3election_pb2.ProclaimResponse(header=header)
         except Exception as exc:
-            await abort(context, exc)
+            await abort_as_client(context, exc)
 
     async def Resign(
         self, request: v3election_pb2.ResignRequest, context: Any
@@ -82,7 +82,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             header = await self.resign(request.leader)
             return v3election_pb2.ResignResponse(header=header)
         except Exception as exc:
-            await abort(context, exc)
+            await abort_as_client(context, exc)
 
     async def Leader(
         self, request: v3election_pb2.LeaderRequest, context: Any
@@ -93,7 +93,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
                 raise ElectionNoLeaderError()
             return v3election_pb2.LeaderResponse(header=response.header, kv=response.kvs[0])
         except Exception as exc:
-            await abort(context, exc)
+            await abort_as_client(context, exc)
 
     async def Observe(
         self, request: v3election_pb2.LeaderRequest, context: Any
@@ -102,7 +102,7 @@ class ElectionService(v3election_pb2_grpc.ElectionServicer):
             async for response in self.observe(request.name):
                 yield response
         except Exception as exc:
-            await abort(context, exc)
+            await abort_as_client(context, exc)
 
     # -- the election -----------------------------------------------------------------
 

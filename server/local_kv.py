@@ -171,6 +171,9 @@ class LocalKV:
     async def range(self, request: rpc_pb2.RangeRequest) -> rpc_pb2.RangeResponse:
         await self.node.read_barrier()
         response: rpc_pb2.RangeResponse = self.node.store.range(request)
+        # The store knows only the revision; etcd's answers built on a Range (Leader, a Lock
+        # that waited) carry the whole header, as the KV service's Range does.
+        response.header.CopyFrom(self.node.header(response.header.revision))
         return response
 
     async def get(self, key: bytes) -> rpc_pb2.RangeResponse:

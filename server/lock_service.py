@@ -20,7 +20,7 @@ from typing import Any
 from api.etcdserverpb import rpc_pb2
 from api.v3lockpb import v3lock_pb2, v3lock_pb2_grpc
 from server.local_kv import LocalKV, prefix_end
-from server.service_errors import SessionExpiredError, abort
+from server.service_errors import SessionExpiredError, abort_as_client
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
         try:
             return await self.lock(request.name, request.lease)
         except Exception as exc:
-            await abort(context, exc)
+            await abort_as_client(context, exc)
 
     async def Unlock(
         self, request: v3lock_pb2.UnlockRequest, context: Any
@@ -79,7 +79,7 @@ class LockService(v3lock_pb2_grpc.LockServicer):
             response = await self._kv.delete(request.key)
             return v3lock_pb2.UnlockResponse(header=response.header)
         except Exception as exc:
-            await abort(context, exc)
+            await abort_as_client(context, exc)
 
     async def lock(self, name: bytes, lease_id: int) -> v3lock_pb2.LockResponse:
         if lease_id == 0:

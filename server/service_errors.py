@@ -60,3 +60,14 @@ async def abort(context: Any, exc: BaseException) -> NoReturn:
     code, text = to_grpc_status(exc)
     await context.abort(code, text)
     raise AssertionError("context.abort returned")  # grpc.aio raises; never reached
+
+
+async def abort_as_client(context: Any, exc: BaseException) -> NoReturn:
+    """`abort` for the lock and election services: the text as `abort` has it, the code
+    always Unknown. etcd's v3lock and v3election call the server through clientv3, which turns
+    every etcd status it knows into a plain error (rpctypes.EtcdError) that has no gRPC status
+    of its own, so their handlers send it on as Unknown ("etcdserver: requested lease not
+    found" for a Lock with an unknown lease, where KV.Put says NotFound)."""
+    _, text = to_grpc_status(exc)
+    await context.abort(grpc.StatusCode.UNKNOWN, text)
+    raise AssertionError("context.abort returned")  # grpc.aio raises; never reached

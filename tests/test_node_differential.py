@@ -902,9 +902,6 @@ def test_etcd_is_deterministic(tmp_path: pathlib.Path) -> None:
 
 # Scenarios where petra still differs from etcd 3.4.23, as of the last merge (see the report).
 KNOWN_DIFFERENCES = {
-    "lock_and_election": "server/lock_service.py answers Lock with an unknown lease NOT_FOUND "
-    "(etcd: UNKNOWN, same text); server/election_service.py Leader's header lacks "
-    "cluster_id, member_id and raft_term",
     "quirks": "engine: a Range with sort_target != KEY, sort_order NONE and a limit sorts "
     "everything before the limit (etcd limits in key order first); at txn apply a compacted "
     "range is reported before a put's key not found / unknown lease (etcd checks puts first)",

@@ -273,6 +273,8 @@ async def test_cancelled_lock_removes_its_waiting_key_and_bad_lease_fails() -> N
         with pytest.raises(grpc.aio.AioRpcError) as error:
             await stub.Lock(v3lock_pb2.LockRequest(name=b"m", lease=424242))
         assert error.value.details() == "etcdserver: requested lease not found"
+        # etcd's v3lock gets that error through clientv3, which strips its status: Unknown.
+        assert error.value.code() == grpc.StatusCode.UNKNOWN
 
 
 @async_test
@@ -284,7 +286,41 @@ async def test_lock_without_lease_gets_a_session_lease() -> None:
         assert kv.key == response.key and node.store.lease_ttls[kv.lease] == 60
 
 
+@async_test
+async def test_lock_after_waiting_answers_with_the_whole_header() -> None:
+    """A Lock that had to wait answers with the header of its final read: etcd's is a full
+    Range header (cluster, member, term), not the store's bare revision."""
+    node = FakeNode()
+    async with serving(node) as (_, channel):
+        stub = v3lock_pb2_grpc.LockStub(channel)
+        first = await stub.Lock(v3lock_pb2.LockRequest(name=b"m", lease=await grant(channel)))
+        waiter = stub.Lock(v3lock_pb2.LockRequest(name=b"m", lease=await grant(channel)))
+        await wait_for(lambda: len(node.store.kvs) == 2)
+        await stub.Unlock(v3lock_pb2.UnlockRequest(key=first.key))
+        second = await asyncio.wait_for(waiter, 5)
+        assert second.header == node.header(second.header.revision)
+
+
 # -- Election ---------------------------------------------------------------------------
+
+
+@async_test
+async def test_leader_header_and_error_codes_are_etcds() -> None:
+    """Leader answers with a full header (cluster, member, term and revision), as etcd's
+    Range-based Leader does; a Campaign with an unknown lease fails Unknown with the KV
+    error's text (clientv3 strips the status), where KV.Put would say NotFound."""
+    node = FakeNode()
+    async with serving(node) as (_, channel):
+        stub = v3election_pb2_grpc.ElectionStub(channel)
+        lease = await grant(channel)
+        await stub.Campaign(v3election_pb2.CampaignRequest(name=b"e", lease=lease, value=b"a"))
+        leader = await stub.Leader(v3election_pb2.LeaderRequest(name=b"e"))
+        assert leader.header == node.header(leader.kv.mod_revision)
+        assert leader.header.cluster_id and leader.header.member_id and leader.header.raft_term
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await stub.Campaign(v3election_pb2.CampaignRequest(name=b"f", lease=31337, value=b"a"))
+        assert error.value.code() == grpc.StatusCode.UNKNOWN
+        assert error.value.details() == "etcdserver: requested lease not found"
 
 
 @async_test
