@@ -7,6 +7,7 @@ fails raises and leaves the batch as it was (LMDB nested transactions are not us
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from api.etcdserverpb import rpc_pb2
@@ -127,7 +128,7 @@ class WriteBatch:
 
     def txn(self, req: rpc_pb2.TxnRequest) -> rpc_pb2.TxnResponse:
         path = self._compare_path(req)
-        self._check_txn_state(req, path, 0)
+        self._check_txn_state(req, path)
         self._sub = 0
         main = self.rev + 1
         resp = self._exec_txn(req, path, 0, main)[0]
@@ -201,30 +202,53 @@ class WriteBatch:
                 return False
         return True
 
-    def _check_txn_state(self, req: rpc_pb2.TxnRequest, path: list[bool], at: int) -> int:
+    def _check_txn_state(self, req: rpc_pb2.TxnRequest, path: list[bool]) -> None:
+        """etcd's order of checks on the chosen path: the request's own form (the gRPC layer,
+        before apply), then every put (applier's checkPut), then every range (checkRange), each
+        pass in op order through nested txns; so a put's error wins over an earlier range's."""
+        self._each_op(req, path, 0, _check_op_form)
+        self._each_op(req, path, 0, self._check_txn_put)
+        self._each_op(req, path, 0, self._check_txn_range)
+
+    def _each_op(
+        self,
+        req: rpc_pb2.TxnRequest,
+        path: list[bool],
+        at: int,
+        check: Callable[[rpc_pb2.RequestOp, str | None], None],
+    ) -> int:
+        """Calls check(op, kind) for each non-txn op of the chosen path, depth first; returns
+        the index in `path` after req's nested txns."""
         ops = req.success if path[at] else req.failure
         at += 1
         for op in ops:
             which = op.WhichOneof("request")
-            if which == "request_range":
-                r = op.request_range.revision
-                if r > self.rev:
-                    raise errors.FutureRevisionError()
-                if 0 < r < self.compact_rev:
-                    raise errors.CompactedError(self.compact_rev)
-                if not op.request_range.key:
-                    raise errors.EmptyKeyError()
-            elif which == "request_put":
-                _check_put(op.request_put)
-                self._check_put_state(op.request_put)
-            elif which == "request_delete_range":
-                if not op.request_delete_range.key:
-                    raise errors.EmptyKeyError()
-            elif which == "request_txn":
-                at = self._check_txn_state(op.request_txn, path, at)
+            if which == "request_txn":
+                at = self._each_op(op.request_txn, path, at, check)
             else:
-                raise errors.KeyNotFoundError()
+                check(op, which)
         return at
+
+    def _check_txn_put(self, op: rpc_pb2.RequestOp, which: str | None) -> None:
+        if which != "request_put":
+            return
+        req = op.request_put
+        # Inside a txn etcd looks for the key before the lease (a plain Put does the reverse).
+        if (req.ignore_value or req.ignore_lease) and reader.get_one(
+            self.ltxn, self.dbs, req.key, _LATEST
+        ) is None:
+            raise errors.KeyNotFoundError()
+        if req.lease and self.ltxn.get(_U64_PACK(req.lease & _MAIN_MAX), db=self.dbs.lease) is None:
+            raise errors.LeaseNotFoundError()
+
+    def _check_txn_range(self, op: rpc_pb2.RequestOp, which: str | None) -> None:
+        if which != "request_range":
+            return
+        r = op.request_range.revision
+        if r > self.rev:
+            raise errors.FutureRevisionError()
+        if 0 < r < self.compact_rev:
+            raise errors.CompactedError(self.compact_rev)
 
     # ---- execution ------------------------------------------------------------------------
     def _exec_txn(
@@ -349,6 +373,19 @@ class WriteBatch:
             self._move_lease(ik, key, lease, 0)
         if self.events is not None:
             self.events.append((main, sub, True, key, 0, 0, 0, b""))
+
+
+def _check_op_form(op: rpc_pb2.RequestOp, which: str | None) -> None:
+    if which == "request_range":
+        if not op.request_range.key:
+            raise errors.EmptyKeyError()
+    elif which == "request_put":
+        _check_put(op.request_put)
+    elif which == "request_delete_range":
+        if not op.request_delete_range.key:
+            raise errors.EmptyKeyError()
+    else:
+        raise errors.KeyNotFoundError()  # an empty RequestOp; check_txn rejects it first
 
 
 def _check_put(req: rpc_pb2.PutRequest) -> None:

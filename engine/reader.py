@@ -211,6 +211,10 @@ def do_range(
         entries = [e for e in entries if _passes(req, e)]
     with_value = not req.keys_only
     limit = req.limit
+    if limit > 0 and req.sort_order == rpc_pb2.RangeRequest.NONE and not filtered:
+        # etcd 3.4 decides what to fetch from the order as sent: with none (and no filter) it
+        # fetches limit + 1 keys in key order, and only then sorts them by a non-KEY target.
+        del entries[limit + 1 :]
     if order != rpc_pb2.RangeRequest.NONE and req.sort_target == rpc_pb2.RangeRequest.VALUE:
         kvs = [to_kv(txn, dbs, e) for e in entries]
         kvs.sort(key=lambda kv: kv.value, reverse=order == rpc_pb2.RangeRequest.DESCEND)

@@ -42,7 +42,10 @@ class Model:
             self.states.append(state)
             self.events.append(evs)
 
-    def check_put(self, state: dict[bytes, KV], req: pb.PutRequest) -> None:
+    def check_put(self, state: dict[bytes, KV], req: pb.PutRequest, in_txn: bool = False) -> None:
+        """A plain Put checks the lease first; a put inside a txn the key first (etcd 3.4)."""
+        if in_txn and (req.ignore_value or req.ignore_lease) and req.key not in state:
+            raise errors.KeyNotFoundError()
         if req.lease and req.lease not in self.leases:
             raise errors.LeaseNotFoundError()
         if (req.ignore_value or req.ignore_lease) and req.key not in state:
@@ -90,6 +93,10 @@ class Model:
             kvs = [kv for kv in kvs if kv.create <= req.max_create_revision]
         if req.min_create_revision:
             kvs = [kv for kv in kvs if kv.create >= req.min_create_revision]
+        filters = (req.max_mod_revision, req.min_mod_revision, req.max_create_revision,
+                   req.min_create_revision)  # fmt: skip
+        if req.limit > 0 and req.sort_order == pb.RangeRequest.NONE and not any(filters):
+            kvs = kvs[: req.limit + 1]  # etcd 3.4 fetches limit + 1 in key order, then sorts
         order = req.sort_order
         if req.sort_target != pb.RangeRequest.KEY and order == pb.RangeRequest.NONE:
             order = pb.RangeRequest.ASCEND

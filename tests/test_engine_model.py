@@ -239,7 +239,7 @@ class EngineMachine(RuleBasedStateMachine):
         for op in req.success if path.pop(0) else req.failure:
             w = op.WhichOneof("request")
             if w == "request_put":
-                self.model.check_put(pre, op.request_put)
+                self.model.check_put(pre, op.request_put, in_txn=True)
             elif w == "request_txn":
                 self._check_path(pre, op.request_txn, path)
 

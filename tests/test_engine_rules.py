@@ -125,6 +125,27 @@ def test_limit_count_and_sort(store: Store) -> None:
     assert [kv.key for kv in r.kvs] == [b"b", b"c"] and r.count == 3
 
 
+def test_sort_target_without_order_limits_in_key_order_first(store: Store) -> None:
+    """A non-KEY sort target with order NONE sorts ascending, but etcd 3.4 fetches only limit + 1
+    keys in key order before sorting (it picks what to fetch from the order as sent); with
+    ASCEND, or with a min/max filter, everything is fetched and sorted before the limit."""
+    for k in (b"c", b"a", b"b"):  # key order a, b, c; creation order c, a, b
+        put(store, k)
+
+    def keys(limit: int, order: int, **filters: int) -> list[bytes]:
+        req = pb.RangeRequest(key=b"a", range_end=b"d", limit=limit, **filters)
+        req.sort_order, req.sort_target = order, pb.RangeRequest.CREATE  # type: ignore[assignment]
+        r = store.range(req)
+        assert r.count == 3 and r.more == (0 < limit < 3)
+        return [kv.key for kv in r.kvs]
+
+    assert keys(1, pb.RangeRequest.NONE) == [b"a"]  # of [a, b], the first created
+    assert keys(2, pb.RangeRequest.NONE) == [b"c", b"a"]  # a, b, c all fetched
+    assert keys(1, pb.RangeRequest.ASCEND) == [b"c"]
+    assert keys(1, pb.RangeRequest.NONE, min_mod_revision=1) == [b"c"]
+    assert keys(0, pb.RangeRequest.NONE) == [b"c", b"a", b"b"]
+
+
 # ---- compacted vs future ---------------------------------------------------------------------
 def test_compacted_and_future_revisions(store: Store) -> None:
     """Reading at the compaction revision works; below fails 'compacted'; above current fails
@@ -267,6 +288,37 @@ def test_failed_op_changes_nothing_and_batch_goes_on(store: Store) -> None:
         b.set_consistent_index(9)
     assert [k for k, _ in get(store, b"a", b"z")] == [b"a", b"d"]
     assert store.revision == 3 and store.consistent_index == 9
+
+
+def test_txn_checks_every_put_before_any_range(store: Store) -> None:
+    """etcd 3.4's applier checks the chosen path in passes: all puts (a missing key for
+    ignore_value before an unknown lease), then all ranges' revisions; so a put's error wins
+    over a compacted or future range listed before it, nested txns included. A plain Put checks
+    the lease before the key."""
+    for k in (b"a", b"b", b"c"):
+        put(store, k)
+    with store.write_batch() as b:
+        b.compact(3)
+    compacted = pb.RequestOp(request_range=pb.RangeRequest(key=b"a", revision=2))
+    future = pb.RequestOp(request_range=pb.RangeRequest(key=b"a", revision=99))
+    missing = pb.RequestOp(request_put=pb.PutRequest(key=b"none", ignore_value=True))
+    no_lease = pb.RequestOp(request_put=pb.PutRequest(key=b"l", lease=77))
+    both = pb.RequestOp(request_put=pb.PutRequest(key=b"none", ignore_value=True, lease=77))
+    nested = pb.RequestOp(request_txn=pb.TxnRequest(success=[no_lease]))
+    cases = [
+        ([compacted, missing], errors.KeyNotFoundError),
+        ([future, no_lease], errors.LeaseNotFoundError),
+        ([compacted, nested], errors.LeaseNotFoundError),
+        ([both], errors.KeyNotFoundError),
+        ([future, compacted], errors.FutureRevisionError),
+        ([compacted, op_put(b"x")], errors.CompactedError),
+    ]
+    for ops, err in cases:
+        with store.write_batch() as b, pytest.raises(err):
+            b.txn(pb.TxnRequest(success=ops))
+    with store.write_batch() as b, pytest.raises(errors.LeaseNotFoundError):
+        b.put(both.request_put)
+    assert store.revision == 4
 
 
 def test_aborted_batch_leaves_nothing(store: Store) -> None:

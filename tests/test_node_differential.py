@@ -901,11 +901,7 @@ def test_etcd_is_deterministic(tmp_path: pathlib.Path) -> None:
 
 
 # Scenarios where petra still differs from etcd 3.4.23, as of the last merge (see the report).
-KNOWN_DIFFERENCES = {
-    "quirks": "engine: a Range with sort_target != KEY, sort_order NONE and a limit sorts "
-    "everything before the limit (etcd limits in key order first); at txn apply a compacted "
-    "range is reported before a put's key not found / unknown lease (etcd checks puts first)",
-}
+KNOWN_DIFFERENCES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
