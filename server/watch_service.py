@@ -15,7 +15,7 @@ Rules kept (etcd 3.4 v3rpc/watch.go, mvcc/watcher.go; reference section 3):
 - auto watch IDs count up from 0 per stream, skipping IDs in use; an explicit ID in use is
   refused (created + canceled, watch_id -1, the mvcc error text);
 - key >= range_end is refused with "mvcc: watcher range is empty";
-- a compacted watcher gets compact_revision and canceled, and is dropped;
+- a compacted watcher gets compact_revision and canceled (header revision 0), and is dropped;
 - a progress request is answered (watch_id -1, current revision) once every watcher of the
   stream has nothing pending, so no event at or below that revision can follow it;
 - progress_notify watchers that got no events during an interval get an empty response;
@@ -49,6 +49,9 @@ PROGRESS_RETRY_S = 0.005
 # Events one poll gathers at most (whole takes, so a little more): what a stream holds in
 # memory at a time, however many of its watchers are behind.
 POLL_EVENTS_MAX = 4 * TAKE_EVENTS_MAX
+# etcd 3.4's mvcc sends a compacted watcher's cancel as WatchResponse{CompactRevision} with no
+# revision, and v3rpc builds the header from that: cluster, member and term, revision 0.
+COMPACTED_HEADER_REVISION = 0
 
 ERR_DUPLICATE_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 ERR_EMPTY_RANGE = "mvcc: watcher range is empty"
@@ -114,7 +117,7 @@ class WatchStream:
             # etcd 3.4 takes a negative start for an unsynced watcher below any compaction:
             # created, then cancelled as compacted (-1 when the store never was).
             self._queue(self._response(current, watch_id, created=True))
-            canceled = self._response(current, watch_id, canceled=True)
+            canceled = self._response(COMPACTED_HEADER_REVISION, watch_id, canceled=True)
             canceled.compact_revision = self.node.store.compact_revision or -1
             self._queue(canceled)
             return watch_id
@@ -194,7 +197,7 @@ class WatchStream:
         if compact_revision is not None:
             del self.watchers[watch_id]
             watcher.hub.cancel()
-            response = self._response(current, watch_id, canceled=True)
+            response = self._response(COMPACTED_HEADER_REVISION, watch_id, canceled=True)
             response.compact_revision = compact_revision
             return [response]
         if not batch:

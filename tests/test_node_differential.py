@@ -938,13 +938,7 @@ def test_rich_random_sequence_matches_etcd(seed: int, tmp_path: pathlib.Path) ->
     assert_same(expected, got, f"seed {seed} (replay: pytest -k 'rich and {seed}')")
 
 
-WATCH_CANCEL_HEADER = (
-    "server/watch_service.py: the reply cancelling a watcher for compaction carries "
-    "header.revision = current revision; etcd 3.4 sends 0"
-)
-
-
-@pytest.mark.parametrize("seed", [pytest.param(77, marks=known_petra_bug(WATCH_CANCEL_HEADER)), 88])
+@pytest.mark.parametrize("seed", [77, 88])
 def test_random_watchers_match_etcd(seed: int, tmp_path: pathlib.Path) -> None:
     """Random writes and compactions, then 12 watchers with random ranges, start revisions,
     filters and prev_kv: the same replies and events on petra as on etcd."""

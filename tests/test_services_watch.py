@@ -172,6 +172,29 @@ async def test_compacted_start_revision_cancels_with_the_compact_revision() -> N
 
 
 @async_test
+async def test_compacted_cancel_header_has_revision_zero() -> None:
+    """etcd 3.4's cancel of a compacted watcher (a start below the compaction, or a negative
+    start) carries cluster, member and term in its header but revision 0, where the created
+    reply before it carries the current revision."""
+    node = FakeNode()
+    for i in range(4):
+        await put(node, b"k", str(i).encode())
+    await node.propose(
+        internal_pb2.InternalRequest(compaction=rpc_pb2.CompactionRequest(revision=4))
+    )
+    stream = WatchStream(node)
+    create(stream, b"k", start_revision=2)
+    create(stream, b"k", start_revision=-3)
+    responses = await take(stream, 4)
+    for watch_id in (0, 1):
+        created, cancel = [r for r in responses if r.watch_id == watch_id]
+        assert created.created and created.header == node.header(node.store.revision)
+        assert cancel.canceled and cancel.compact_revision == 4
+        assert cancel.header == node.header(0)
+        assert cancel.header.cluster_id and cancel.header.member_id and cancel.header.raft_term
+
+
+@async_test
 async def test_progress_request_answers_after_pending_events_with_current_revision() -> None:
     node = FakeNode()
     stream = WatchStream(node)
