@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 from api.etcdserverpb import rpc_pb2
 from api.mvccpb import kv_pb2
 from engine import errors, keys
+from engine.gosort import sort_like_go
 
 _IDX_UNPACK = keys.IDX_VALUE.unpack_from
 _IDX_SIZE = keys.IDX_VALUE.size
@@ -182,6 +183,10 @@ _SORT_KEYS = {
 }
 
 
+def _value_of(kv: kv_pb2.KeyValue) -> bytes:
+    return kv.value
+
+
 def do_range(
     txn: Any, dbs: Dbs, req: rpc_pb2.RangeRequest, current: int, compacted: int, read_rev: int
 ) -> rpc_pb2.RangeResponse:
@@ -217,7 +222,7 @@ def do_range(
         del entries[limit + 1 :]
     if order != rpc_pb2.RangeRequest.NONE and req.sort_target == rpc_pb2.RangeRequest.VALUE:
         kvs = [to_kv(txn, dbs, e) for e in entries]
-        kvs.sort(key=lambda kv: kv.value, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+        sort_like_go(kvs, _value_of, order == rpc_pb2.RangeRequest.DESCEND)
         if limit > 0 and len(kvs) > limit:
             del kvs[limit:]
             resp.more = True
@@ -228,7 +233,7 @@ def do_range(
         return resp
     if order != rpc_pb2.RangeRequest.NONE:
         skey = _SORT_KEYS[req.sort_target]
-        entries.sort(key=skey, reverse=order == rpc_pb2.RangeRequest.DESCEND)
+        sort_like_go(entries, skey, order == rpc_pb2.RangeRequest.DESCEND)
     if limit > 0 and len(entries) > limit:
         del entries[limit:]
         resp.more = True
