@@ -182,7 +182,9 @@ class Watcher:
                 kv.version = version
                 kv.value = value
                 kv.lease = lease
-            if self.prev_kv and main - 1 >= compacted:
+            # etcd 3.4 looks up no prev_kv for a creation (a put whose create revision is its
+            # own), not even for a key a txn deleted and then put again.
+            if self.prev_kv and main - 1 >= compacted and (tomb or create != main):
                 e = reader.get_one(txn, dbs, key, main - 1)
                 if e is not None:
                     ev.prev_kv.CopyFrom(reader.to_kv(txn, dbs, e))

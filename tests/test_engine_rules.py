@@ -440,6 +440,26 @@ def test_watch_filters_and_prev_kv(store: Store) -> None:
     assert [(e.type, e.prev_kv.value) for e in evs] == [(kv_pb2.Event.DELETE, b"2")]
 
 
+def test_watch_prev_kv_is_never_given_to_a_creation(store: Store) -> None:
+    """etcd 3.4 adds prev_kv only to events that are not creations (a PUT whose create revision
+    is its mod revision): a key deleted and put again in one txn gets none, live or replayed."""
+    live = store.watch_hub.watch(b"a", b"", 2, prev_kv=True)
+    put(store, b"a", b"1")
+    with store.write_batch() as b:
+        b.txn(pb.TxnRequest(success=[op_del(b"a"), op_put(b"a", b"2")]))
+    put(store, b"a", b"3")
+    replayed = store.watch_hub.watch(b"a", b"", 2, prev_kv=True)
+    for watcher in (live, replayed):
+        got = [(e.type, e.kv.mod_revision, e.HasField("prev_kv"), e.prev_kv.value)
+               for e in watcher.take(10)]  # fmt: skip
+        assert got == [
+            (kv_pb2.Event.PUT, 2, False, b""),
+            (kv_pb2.Event.DELETE, 3, True, b"1"),
+            (kv_pb2.Event.PUT, 3, False, b""),
+            (kv_pb2.Event.PUT, 4, True, b"2"),
+        ]
+
+
 # ---- maintenance -------------------------------------------------------------------------------
 def test_quota_defragment_and_sizes(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """NOSPACE when size + cost reaches the quota; compaction + defragment give the space back
