@@ -10,6 +10,10 @@ the group commit). For each job the thread
      nothing just appended is applied, and so acknowledged, before it is on disk;
   3. takes a snapshot when snapshot-count entries were applied since the last one;
   4. posts the results back to the loop with one `call_soon_threadsafe`.
+When its queue is empty the thread does bounded idle work, one step at a time so a new job
+waits for one step at most: first it zero-fills the WAL ahead of its append offset
+(`wal.prepare()`: fsyncs into written space are cheaper than into fallocated space), then
+background compaction.
 Other work that must run on the writer (defragment, compaction steps, engine sync) goes
 through `call(fn)`, in the same queue so it is ordered with the writes. A failure to write
 the WAL is fatal (`on_fatal`): the process must not go on as if the write happened.
@@ -136,18 +140,32 @@ class StorageThread:
             if isinstance(job, _CallJob):
                 self._run_call(job)
             elif job is None:
-                self._compaction_step()
+                self._idle_step()
             else:
                 self._run_ready(job)
 
     def _next_job(self) -> Any:
-        # Background compaction proceeds in bounded steps only while nothing else waits.
-        if self._compacting:
+        # Idle work proceeds in bounded steps only while nothing else waits.
+        if self._compacting or self._wal_needs_prepare():
             try:
                 return self._queue.get_nowait()
             except queue.Empty:
                 return None
         return self._queue.get()
+
+    def _wal_needs_prepare(self) -> bool:
+        return bool(self.wal.needs_prepare())
+
+    def _idle_step(self) -> None:
+        if self._wal_needs_prepare():
+            try:
+                self.wal.prepare()
+            except BaseException as exc:  # noqa: BLE001 - a failed WAL write is fatal
+                log.critical("WAL zero-fill failed: %s", exc)
+                self.on_fatal(exc)
+            return
+        if self._compacting:
+            self._compaction_step()
 
     def when_compacted(self) -> asyncio.Future[Any]:
         """Resolves once the engine has no compaction work left (Compact physical=true); the
