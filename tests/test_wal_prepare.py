@@ -75,13 +75,21 @@ def test_prepare_zero_fills_the_window_ahead_then_stops(tmp_path) -> None:  # ty
     assert position == offset + window
     assert [op[0] for op in fs.ops] == ["pwrite", "datasync"] * calls
     assert not wal.needs_prepare() and not wal.prepare()
+    low = wal_module.PREPARE_LOW_BYTES
     wal.save(None, entries(11, 30, size=1000), sync=True)
-    assert wal.needs_prepare(), "records ate into the window: prepare is due again"
-    wal.prepare()
+    assert not wal.needs_prepare(), "more than the low mark is left: no fsync for a few bytes"
+    wal.save(None, entries(41, low // 8000 - 3, size=8000), sync=True)
+    assert wal.needs_prepare(), "records ate past the low mark: prepare is due again"
+    fs.ops.clear()
+    while wal.prepare():
+        pass
+    writes = [op for op in fs.ops if op[0] == "pwrite"]
+    assert writes[-1][2] + len(writes[-1][3]) == wal._offset + window
+    assert all(len(op[3]) == chunk for op in writes[:-1])
     wal.close()
     _, _, hs, got = WAL.open(str(tmp_path / "wal"), SnapshotMarker(0, 0))[0:4]
     assert hs == HardState(1, 1, 0)
-    assert got == entries(1, 10) + entries(11, 30, size=1000)
+    assert got == entries(1, 10) + entries(11, 30, size=1000) + entries(41, low // 8000 - 3, 8000)
 
 
 def test_prepare_stays_inside_the_segment_and_restarts_after_a_cut(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -54,8 +54,10 @@ from wal.record import (
 )
 
 SEGMENT_BYTES_DEFAULT = 64 << 20
-# prepare(): zero-fill the tail segment this far ahead of the append offset, one chunk a call.
+# prepare(): zero-fill the tail segment this far ahead of the append offset, one chunk a call,
+# once less than the low mark is left (each chunk costs an fdatasync: not one per record).
 PREPARE_WINDOW_BYTES = 4 << 20
+PREPARE_LOW_BYTES = 2 << 20
 PREPARE_CHUNK_BYTES = 512 << 10
 _ZEROS = bytes(PREPARE_CHUNK_BYTES)
 LOCK_NAME = "wal.lock"
@@ -121,6 +123,7 @@ class WAL:
         # Invariant: the tail segment holds written (not merely allocated) zeroes from offset
         # up to max(offset, prepared); see prepare().
         self._prepared = offset
+        self._filling = False  # between the low mark and the full window
         self._crc = crc
         self._hard_state = hard_state
         self._last_index = last_index
@@ -313,12 +316,16 @@ class WAL:
             failpoints.hit("wal.after_fsync")
 
     def needs_prepare(self) -> bool:
-        """True while the zeroes written ahead of the append offset are less than the window
-        (and the segment has room for more)."""
+        """True once the zeroes written ahead of the append offset fall below the low mark,
+        until they reach the full window (or the end of the segment)."""
         if self._failed is not None or self._lock is None:
             return False
-        end = min(self._segment_bytes, self._offset + PREPARE_WINDOW_BYTES)
-        return max(self._prepared, self._offset) < end
+        ahead = max(self._prepared, self._offset)
+        if ahead >= min(self._segment_bytes, self._offset + PREPARE_WINDOW_BYTES):
+            self._filling = False
+        elif ahead - self._offset < PREPARE_LOW_BYTES:
+            self._filling = True
+        return self._filling
 
     def prepare(self) -> bool:
         """Zero-fills one chunk (at most PREPARE_CHUNK_BYTES) of the tail segment beyond the
