@@ -110,6 +110,7 @@ class RaftDriver:
         self.single_voter = False
         # Run a Ready on the loop (storage thread idle) when at most this many requests wait.
         self.inline_waiters_max = INLINE_WAITERS_MAX
+        self._last_batch_requests = 0  # requests the last Ready answered
         # Index of the first entry of this leader's term (0: not leader, or unknown).
         self._term_start_index = 0
 
@@ -319,9 +320,16 @@ class RaftDriver:
         self._in_flight = job
         self._in_flight_ready = rd
         assert self.storage is not None
-        # One request waiting (or none): the loop may as well do the write itself, if the
-        # storage thread is idle, and save two thread hand-offs (server/storage_thread.py).
-        if len(self._waiters) <= self.inline_waiters_max and self.storage.run_inline(job):
+        # One request waiting (or none), and no more in the previous batch: the loop may as
+        # well do the write itself, if the storage thread is idle, and save two thread
+        # hand-offs (server/storage_thread.py). Under load a small batch often follows a big
+        # one (the next requests are on their way): blocking the loop then would stall them.
+        quiet = self.inline_waiters_max
+        if (
+            len(self._waiters) <= quiet
+            and self._last_batch_requests <= quiet
+            and self.storage.run_inline(job)
+        ):
             return
         self.storage.submit(job)
 
@@ -343,6 +351,7 @@ class RaftDriver:
         self.raw.advance(rd)
         if rd.committed_entries:
             self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
+        self._last_batch_requests = len(job.results)
         for request_id, outcome in job.results:
             future = self._waiters.pop(request_id, None)
             if future is None or future.done():
