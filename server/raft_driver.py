@@ -37,6 +37,7 @@ READ_INDEX_RETRY_S = 0.5
 # (measured: inline is faster at 1 client, slower at 64). PETRA_INLINE_WAITERS_MAX=-1 turns
 # it off, for comparisons.
 INLINE_WAITERS_MAX = int(os.environ.get("PETRA_INLINE_WAITERS_MAX", "1"))
+INLINE_QUIET_S = 0.1
 
 
 class _ReadBatch:
@@ -110,7 +111,9 @@ class RaftDriver:
         self.single_voter = False
         # Run a Ready on the loop (storage thread idle) when at most this many requests wait.
         self.inline_waiters_max = INLINE_WAITERS_MAX
-        self._last_batch_requests = 0  # requests the last Ready answered
+        # Until then no Ready is inlined: set whenever more than inline_waiters_max requests
+        # wait at once (concurrent clients), for INLINE_QUIET_S.
+        self._overlap_until_s = 0.0
         # Index of the first entry of this leader's term (0: not leader, or unknown).
         self._term_start_index = 0
 
@@ -149,6 +152,8 @@ class RaftDriver:
             raise errors.NoLeaderError() if not self.leader_id else errors.NotCapableError()
         future = self.loop.create_future()
         self._waiters[request_id] = future
+        if len(self._waiters) > self.inline_waiters_max:
+            self._overlap_until_s = time.monotonic() + INLINE_QUIET_S
         self._deadlines.append((time.monotonic() + self.request_timeout_s, request_id))
         # Handed to Raft in one batch by _drive: one append message for all of them.
         self._proposals.append((request_id, data))
@@ -320,14 +325,14 @@ class RaftDriver:
         self._in_flight = job
         self._in_flight_ready = rd
         assert self.storage is not None
-        # One request waiting (or none), and no more in the previous batch: the loop may as
-        # well do the write itself, if the storage thread is idle, and save two thread
-        # hand-offs (server/storage_thread.py). Under load a small batch often follows a big
-        # one (the next requests are on their way): blocking the loop then would stall them.
-        quiet = self.inline_waiters_max
+        # One request waiting (or none) and none overlapping lately: the loop may as well do
+        # the write itself, if the storage thread is idle, and save two thread hand-offs
+        # (server/storage_thread.py). Under load requests reach the loop in a trickle, so a
+        # batch of one is common there too, and blocking the loop on its fsync would stall
+        # the requests on their way (measured over gRPC at 64 clients: 1,690 vs 2,250 puts/s).
         if (
-            len(self._waiters) <= quiet
-            and self._last_batch_requests <= quiet
+            len(self._waiters) <= self.inline_waiters_max
+            and time.monotonic() >= self._overlap_until_s
             and self.storage.run_inline(job)
         ):
             return
@@ -351,7 +356,6 @@ class RaftDriver:
         self.raw.advance(rd)
         if rd.committed_entries:
             self.applied_index = max(self.applied_index, rd.committed_entries[-1].index)
-        self._last_batch_requests = len(job.results)
         for request_id, outcome in job.results:
             future = self._waiters.pop(request_id, None)
             if future is None or future.done():
