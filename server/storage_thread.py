@@ -154,9 +154,10 @@ class StorageThread:
             if self._submitted != self._finished:
                 return False
             done = self._process_ready(job)
+            wake = self._compacting or self._wal_needs_prepare()
         finally:
             self._writer.release()
-        if self._compacting or self._wal_needs_prepare():
+        if wake:
             self._put(_WAKE)
         if done:
             self.on_done(job)

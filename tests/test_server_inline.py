@@ -179,3 +179,46 @@ def test_inline_fatal_wal_error_reports_no_done() -> None:
             await loop.run_in_executor(None, st.stop)
 
     asyncio.run(main())
+
+
+def test_node_inlines_a_lone_client_not_concurrent_ones(tmp_path: Any) -> None:
+    """A real node: sequential puts are written by the loop itself (every Ready inline);
+    then 16 concurrent puts overlap, and from there Readies go to the storage thread, in
+    batches, while the overlap window lasts (every put still applied, in order)."""
+    from tests.test_server_node import config_for, put, started
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        ways: list[str] = []
+        run_inline, submit = node.storage.run_inline, node.storage.submit
+
+        def counted_inline(job: ReadyJob) -> bool:
+            done = run_inline(job)
+            ways.append("inline" if done else "refused")
+            return done
+
+        def counted_submit(job: ReadyJob) -> None:
+            ways.append("thread")
+            submit(job)
+
+        node.storage.run_inline = counted_inline  # type: ignore[method-assign]
+        node.storage.submit = counted_submit  # type: ignore[method-assign]
+        try:
+            await wait_for(asyncio.get_running_loop(), lambda: node.wal.needs_prepare() is False)
+            for i in range(20):
+                await node.propose(put(b"seq%d" % i))
+            assert ways and set(ways) == {"inline"}, ways
+            ways.clear()
+            responses = await asyncio.gather(*(node.propose(put(b"c%d" % i)) for i in range(16)))
+            assert "inline" not in ways and "thread" in ways, ways
+            assert len(ways) < 16, "concurrent puts share Readies (group commit)"
+            revisions = sorted(r.header.revision for r in responses)
+            assert revisions == list(range(revisions[0], revisions[0] + 16))
+            if time.monotonic() < node.driver._overlap_until_s:
+                ways.clear()
+                await node.propose(put(b"after"))
+                assert ways == ["thread"], "still inside the overlap window"
+        finally:
+            await node.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 60))
