@@ -20,6 +20,7 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 # etcd fails proposals with "too many requests" when apply lags commit by more than this.
 MAX_GAP_ENTRIES = 5000
 READ_INDEX_RETRY_S = 0.5
+# Inline Readies only when the loop blocking on an fsync delays no other waiting request
+# (measured: inline is faster at 1 client, slower at 64). PETRA_INLINE_WAITERS_MAX=-1 turns
+# it off, for comparisons.
+INLINE_WAITERS_MAX = int(os.environ.get("PETRA_INLINE_WAITERS_MAX", "1"))
+INLINE_QUIET_S = 0.1
 
 
 class _ReadBatch:
@@ -103,6 +109,11 @@ class RaftDriver:
         self._idle = asyncio.Event()
         # Set by the node for a cluster of one voter: reads then skip the ReadIndex round.
         self.single_voter = False
+        # Run a Ready on the loop (storage thread idle) when at most this many requests wait.
+        self.inline_waiters_max = INLINE_WAITERS_MAX
+        # Until then no Ready is inlined: set whenever more than inline_waiters_max requests
+        # wait at once (concurrent clients), for INLINE_QUIET_S.
+        self._overlap_until_s = 0.0
         # Index of the first entry of this leader's term (0: not leader, or unknown).
         self._term_start_index = 0
 
@@ -141,6 +152,8 @@ class RaftDriver:
             raise errors.NoLeaderError() if not self.leader_id else errors.NotCapableError()
         future = self.loop.create_future()
         self._waiters[request_id] = future
+        if len(self._waiters) > self.inline_waiters_max:
+            self._overlap_until_s = time.monotonic() + INLINE_QUIET_S
         self._deadlines.append((time.monotonic() + self.request_timeout_s, request_id))
         # Handed to Raft in one batch by _drive: one append message for all of them.
         self._proposals.append((request_id, data))
@@ -312,6 +325,17 @@ class RaftDriver:
         self._in_flight = job
         self._in_flight_ready = rd
         assert self.storage is not None
+        # One request waiting (or none) and none overlapping lately: the loop may as well do
+        # the write itself, if the storage thread is idle, and save two thread hand-offs
+        # (server/storage_thread.py). Under load requests reach the loop in a trickle, so a
+        # batch of one is common there too, and blocking the loop on its fsync would stall
+        # the requests on their way (measured over gRPC at 64 clients: 1,690 vs 2,250 puts/s).
+        if (
+            len(self._waiters) <= self.inline_waiters_max
+            and time.monotonic() >= self._overlap_until_s
+            and self.storage.run_inline(job)
+        ):
+            return
         self.storage.submit(job)
 
     def on_job_done(self, job: ReadyJob) -> None:

@@ -10,6 +10,17 @@ the group commit). For each job the thread
      nothing just appended is applied, and so acknowledged, before it is on disk;
   3. takes a snapshot when snapshot-count entries were applied since the last one;
   4. posts the results back to the loop with one `call_soon_threadsafe`.
+Inline when idle: the hand-off to the thread and back costs two wake-ups per Ready, which at
+one client is a large share of a request. `run_inline(job)` lets the loop run a Ready itself,
+but only when the thread is idle: nothing submitted is unfinished, and the loop takes the
+writer lock without waiting (the thread holds it around every job and idle step). So the
+WAL and the engine still have one writer at a time, in submission order, and the steps are
+the same (persist, fsync, then apply). The driver asks for it only when a single request
+waits: blocking the loop for an fsync then delays nobody else.
+When its queue is empty the thread does bounded idle work, one step at a time so a new job
+waits for one step at most: first it zero-fills the WAL ahead of its append offset
+(`wal.prepare()`: fsyncs into written space are cheaper than into fallocated space), then
+background compaction.
 Other work that must run on the writer (defragment, compaction steps, engine sync) goes
 through `call(fn)`, in the same queue so it is ordered with the writes. A failure to write
 the WAL is fatal (`on_fatal`): the process must not go on as if the write happened.
@@ -60,6 +71,9 @@ class _CallJob:
 
 
 _STOP = object()
+# Queued after an inline job that left idle work (WAL zero-fill, compaction) to the thread,
+# which may be asleep in its queue.
+_WAKE = object()
 
 
 class SnapshotPolicy:
@@ -105,6 +119,14 @@ class StorageThread:
         # The engine's file size after the last applied batch, for the loop's quota check.
         self.db_size_bytes = self.store.size_bytes()
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # Held by whoever writes the WAL or the engine: the thread (each job, each idle step)
+        # or the loop (an inline job, taken without waiting).
+        self._writer = threading.Lock()
+        # Items queued and items done: equal when the thread owes nothing. Each counter has a
+        # single writer thread... except _submitted, which _count_lock guards.
+        self._count_lock = threading.Lock()
+        self._submitted = 0
+        self._finished = 0  # Invariant: _finished <= _submitted; written by the thread only.
         # True while the engine may have compaction work left (checked once at start, set
         # again by every applied Compact).
         self._compacting = bool(self.store.compaction_pending())
@@ -114,13 +136,37 @@ class StorageThread:
     def start(self) -> None:
         self._thread.start()
 
+    def _put(self, item: Any) -> None:
+        with self._count_lock:
+            self._submitted += 1
+        self._queue.put(item)
+
     def submit(self, job: ReadyJob) -> None:
-        self._queue.put(job)
+        self._put(job)
+
+    def run_inline(self, job: ReadyJob) -> bool:
+        """Persist and apply `job` on the calling (loop) thread and call on_done, if the
+        storage thread is idle with nothing queued; False (nothing done) otherwise."""
+        if self._submitted != self._finished or not self._writer.acquire(blocking=False):
+            return False
+        try:
+            # Checked again under the lock: the thread may have taken an item meanwhile.
+            if self._submitted != self._finished:
+                return False
+            done = self._process_ready(job)
+            wake = self._compacting or self._wal_needs_prepare()
+        finally:
+            self._writer.release()
+        if wake:
+            self._put(_WAKE)
+        if done:
+            self.on_done(job)
+        return True
 
     def call(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the storage thread, ordered after the jobs already queued."""
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self._queue.put(_CallJob(fn, future))
+        self._put(_CallJob(fn, future))
         return asyncio.wrap_future(future, loop=self.loop)
 
     def stop(self) -> None:
@@ -133,21 +179,38 @@ class StorageThread:
             job = self._next_job()
             if job is _STOP:
                 return
-            if isinstance(job, _CallJob):
-                self._run_call(job)
-            elif job is None:
-                self._compaction_step()
-            else:
-                self._run_ready(job)
+            with self._writer:
+                if isinstance(job, _CallJob):
+                    self._run_call(job)
+                elif job is None:
+                    self._idle_step()
+                elif job is not _WAKE:
+                    self._run_ready(job)
+                if job is not None:
+                    self._finished += 1
 
     def _next_job(self) -> Any:
-        # Background compaction proceeds in bounded steps only while nothing else waits.
-        if self._compacting:
+        # Idle work proceeds in bounded steps only while nothing else waits.
+        if self._compacting or self._wal_needs_prepare():
             try:
                 return self._queue.get_nowait()
             except queue.Empty:
                 return None
         return self._queue.get()
+
+    def _wal_needs_prepare(self) -> bool:
+        return bool(self.wal.needs_prepare())
+
+    def _idle_step(self) -> None:
+        if self._wal_needs_prepare():
+            try:
+                self.wal.prepare()
+            except BaseException as exc:  # noqa: BLE001 - a failed WAL write is fatal
+                log.critical("WAL zero-fill failed: %s", exc)
+                self.on_fatal(exc)
+            return
+        if self._compacting:
+            self._compaction_step()
 
     def when_compacted(self) -> asyncio.Future[Any]:
         """Resolves once the engine has no compaction work left (Compact physical=true); the
@@ -160,7 +223,7 @@ class StorageThread:
             else:
                 done.set_result(None)
 
-        self._queue.put(_CallJob(register, concurrent.futures.Future()))
+        self._put(_CallJob(register, concurrent.futures.Future()))
         return asyncio.wrap_future(done, loop=self.loop)
 
     def _compaction_step(self) -> None:
@@ -183,19 +246,24 @@ class StorageThread:
             job.future.set_exception(exc)
 
     def _run_ready(self, job: ReadyJob) -> None:
+        if self._process_ready(job):
+            self.loop.call_soon_threadsafe(self.on_done, job)
+
+    def _process_ready(self, job: ReadyJob) -> bool:
+        """Persist then apply; False after a fatal failure (on_fatal was called)."""
         try:
             self._persist(job)
         except BaseException as exc:  # noqa: BLE001 - a failed WAL write or fsync is fatal
             log.critical("WAL write failed: %s", exc)
             self.on_fatal(exc)
-            return
+            return False
         try:
             self._apply(job)
         except BaseException as exc:  # noqa: BLE001 - an engine failure is fatal too
             log.critical("apply failed: %s", exc)
             self.on_fatal(exc)
-            return
-        self.loop.call_soon_threadsafe(self.on_done, job)
+            return False
+        return True
 
     def _persist(self, job: ReadyJob) -> None:
         if job.hard_state is None and not job.entries:
