@@ -257,12 +257,7 @@ class Node:
 
     async def wait_compaction(self) -> None:
         """Wait until the scheduled compaction has deleted everything (Compact physical=true)."""
-
-        def drain() -> None:
-            while self.store.compaction_step():
-                pass
-
-        await self.storage.call(drain)
+        await self.storage.when_compacted()
 
     def run_on_storage(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run `fn` on the storage thread (engine writes, defragment), ordered with applies."""
@@ -290,9 +285,18 @@ class Node:
         return [m[0] for m in self.identity.members], []
 
     def _compact_raft_log(self, index: int) -> None:
+        """After a snapshot at `index` (applied): Raft's storage records it, so a follower
+        behind the compacted log gets a snapshot, then drops all but the catch-up entries."""
+        import raft
+
+        memory = self._rec.memory
+        voters, learners = self._conf_lists()
+        conf = raft.ConfState(voters=tuple(voters), learners=tuple(learners))
+        if index > memory.snapshot().index:
+            memory.create_snapshot(index, conf, encode_snapshot_data(voters, learners, []))
         compact_to = index - CATCH_UP_ENTRIES
-        if compact_to > self._rec.memory.first_index():
-            self._rec.memory.compact(compact_to)
+        if compact_to > memory.first_index():
+            memory.compact(compact_to)
 
     def _apply_conf_change(self, entry: Any) -> None:
         from raft import codec

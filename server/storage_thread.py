@@ -108,6 +108,7 @@ class StorageThread:
         # True while the engine may have compaction work left (checked once at start, set
         # again by every applied Compact).
         self._compacting = bool(self.store.compaction_pending())
+        self._compaction_waiters: list[concurrent.futures.Future[Any]] = []
         self._thread = threading.Thread(target=self._run, name="petra-storage", daemon=True)
 
     def start(self) -> None:
@@ -148,11 +149,30 @@ class StorageThread:
                 return None
         return self._queue.get()
 
+    def when_compacted(self) -> asyncio.Future[Any]:
+        """Resolves once the engine has no compaction work left (Compact physical=true); the
+        steps keep interleaving with writes meanwhile."""
+        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+        def register() -> None:
+            if self._compacting:
+                self._compaction_waiters.append(done)
+            else:
+                done.set_result(None)
+
+        self._queue.put(_CallJob(register, concurrent.futures.Future()))
+        return asyncio.wrap_future(done, loop=self.loop)
+
     def _compaction_step(self) -> None:
         try:
             self._compacting = self.store.compaction_step()
         except Exception as exc:  # noqa: BLE001 - the engine failing to write is fatal
             self.on_fatal(exc)
+            return
+        if not self._compacting:
+            waiters, self._compaction_waiters = self._compaction_waiters, []
+            for done in waiters:
+                done.set_result(None)
 
     def _run_call(self, job: _CallJob) -> None:
         if not job.future.set_running_or_notify_cancel():

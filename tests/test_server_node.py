@@ -518,3 +518,52 @@ def test_lone_voter_keeps_leadership(tmp_path: Any) -> None:
             await node.stop()
 
     run(body())
+
+
+def test_raft_log_compacted_after_snapshot(tmp_path: Any, monkeypatch: Any) -> None:
+    """After each snapshot, Raft's in-memory log keeps only the catch-up entries (3 here) and
+    records the snapshot, so memory does not grow with the history."""
+    import server.node
+
+    monkeypatch.setattr(server.node, "CATCH_UP_ENTRIES", 3)
+    config = config_for(tmp_path, snapshot_count=10)
+
+    async def body() -> None:
+        node = await started(config)
+        try:
+            for i in range(40):
+                await node.propose(put(b"k%d" % i))
+            memory = node.driver.memory
+            assert memory.snapshot().index > 10
+            assert memory.first_index() > memory.snapshot().index - 5
+            assert memory.last_index() - memory.first_index() < 20
+        finally:
+            await node.stop()
+
+    run(body())
+
+
+def test_physical_compaction_waits_for_the_background_steps(tmp_path: Any) -> None:
+    """Compact then wait_compaction (physical=true): when it returns, no compaction work is
+    left in the engine, and writes made meanwhile were applied."""
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        try:
+            for first in range(0, 3000, 500):
+                await asyncio.gather(
+                    *(node.propose(put(b"k%d" % (i % 50))) for i in range(first, first + 500))
+                )
+            compact = internal_pb2.InternalRequest(
+                compaction=rpc_pb2.CompactionRequest(revision=2900, physical=True)
+            )
+            await node.propose(compact)
+            writes = asyncio.gather(*(node.propose(put(b"during%d" % i)) for i in range(50)))
+            await node.wait_compaction()
+            assert not node.store.compaction_pending()
+            await writes
+            assert node.store.compact_revision == 2900
+        finally:
+            await node.stop()
+
+    run(body())
