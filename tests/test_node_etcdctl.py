@@ -9,6 +9,7 @@ with identities (cluster and member IDs, raft term, lease IDs) masked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import re
@@ -281,6 +282,7 @@ def test_snapshot_save(node: Node, tmp_path: pathlib.Path) -> None:
     assert out(node, "snapshot", "save", str(path)) == f"Snapshot saved at {path}\n"
     data = path.read_bytes()
     assert len(data) > 32
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:], "no SHA-256 trailer"
     assert not (tmp_path / "backup.db.part").exists()
 
 
