@@ -43,7 +43,11 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):  # type: ignore[misc]
         return {m[0] for m in self.node.identity.members}
 
     async def MemberList(self, request: Any, context: Any) -> Any:
-        return rpc_pb2.MemberListResponse(header=self.node.header(), members=self._members())
+        # etcd's cluster server fills no revision in its headers.
+        header = rpc_pb2.ResponseHeader(
+            cluster_id=self.node.cluster_id, member_id=self.node.member_id, raft_term=self.node.term
+        )
+        return rpc_pb2.MemberListResponse(header=header, members=self._members())
 
     async def MemberAdd(self, request: Any, context: Any) -> Any:
         try:

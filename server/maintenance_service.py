@@ -57,7 +57,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
             await self.node.defragment()
         except Exception as exc:
             await errors.abort(context, exc)
-        return rpc_pb2.DefragmentResponse(header=self.node.header())
+        return rpc_pb2.DefragmentResponse()  # etcd answers with no header
 
     async def Hash(self, request: Any, context: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -93,7 +93,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):  # type: ignore[misc
                 raise errors.NotCapableError()
         except Exception as exc:
             await errors.abort(context, exc)
-        return rpc_pb2.MoveLeaderResponse(header=node.header())
+        return rpc_pb2.MoveLeaderResponse()  # etcd answers with no header
 
     async def Snapshot(self, request: Any, context: Any) -> Any:
         loop = asyncio.get_running_loop()

@@ -918,9 +918,6 @@ KNOWN_DIFFERENCES = {
     "quirks": "engine: a Range with sort_target != KEY, sort_order NONE and a limit sorts "
     "everything before the limit (etcd limits in key order first); at txn apply a compacted "
     "range is reported before a put's key not found / unknown lease (etcd checks puts first)",
-    "cluster_and_maintenance": "server/cluster_service.py MemberList header carries a "
-    "revision (etcd: 0); server/maintenance_service.py MoveLeader and Defragment replies "
-    "carry a header (etcd: none)",
 }
 
 
