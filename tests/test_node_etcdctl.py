@@ -325,8 +325,12 @@ TRANSCRIPT: list[tuple[tuple[str, ...], str | None]] = [
     (("del", "f/a", "-w", "fields"), None),
     (("lease", "grant", "100", "-w", "fields"), None),
     (("get", "f/a", "--rev=99", "-w", "fields"), None),
+    (("get", "t/", "--prefix", "--consistency=s", "-w", "json"), None),
+    (("endpoint", "hashkv", "-w", "json"), None),
+    (("alarm", "disarm", "-w", "json"), None),
+    (("lease", "list", "-w", "json"), None),
 ]
-IDENTITY_FIELDS = ("cluster_id", "member_id", "raft_term", "ID", "leader")
+IDENTITY_FIELDS = ("cluster_id", "member_id", "raft_term", "ID", "id", "leader")
 
 
 FIELDS_IDENTITY = ("ClusterID", "MemberID", "RaftTerm", "ID")
@@ -337,6 +341,7 @@ def _mask(text: str) -> str:
         text = re.sub(rf'"{field}":\d+', f'"{field}":"*"', text)
     for field in FIELDS_IDENTITY:
         text = re.sub(rf'"{field}" : \d+', f'"{field}" : *', text)
+    text = re.sub(r'"Endpoint":"127\.0\.0\.1:\d+"', '"Endpoint":"*"', text)
     return re.sub(r"lease [0-9a-f]+", "lease *", text)
 
 
