@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 import random
 import socket
 
@@ -288,3 +289,48 @@ def test_slow_watcher_loses_nothing(shared_node: Node) -> None:
     want = [(start + t, f"slow/{t}/{i}".encode()) for t in range(300) for i in range(10)]
     assert seen == want
     assert_serving(shared_node)
+
+
+def test_quota_exhaustion_and_recovery(node_kind: str, tmp_path: pathlib.Path) -> None:
+    """With a 4 MiB quota, big puts end in etcd's "database space exceeded" and the NOSPACE
+    alarm; reads and deletes still work, writes do not; compact + defrag + disarm recovers."""
+    n = nodes.make_node(node_kind, tmp_path, extra_args=("--quota-backend-bytes=4194304",))
+    n.start()
+    s = stubs(n)
+    try:
+        big = b"x" * (256 << 10)
+        code = detail = None
+        for i in range(64):
+            try:
+                s.kv.Put(put(f"q/{i}".encode(), big), timeout=10)
+            except grpc.RpcError as e:
+                code, detail = e.code(), e.details()
+                break
+        assert (code, detail) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "etcdserver: mvcc: database space exceeded",
+        )
+        alarms = s.maintenance.Alarm(rpc_pb2.AlarmRequest(), timeout=10).alarms
+        assert [a.alarm for a in alarms] == [rpc_pb2.AlarmType.NOSPACE]
+        assert rpc_error(s.kv.Put, put(b"small")) == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "etcdserver: mvcc: database space exceeded",
+        )
+        s.kv.Range(rpc_pb2.RangeRequest(key=b"q/0"), timeout=10)
+        gone = s.kv.DeleteRange(rpc_pb2.DeleteRangeRequest(key=b"q/", range_end=b"q0"), timeout=10)
+        assert gone.deleted > 0
+        s.kv.Compact(
+            rpc_pb2.CompactionRequest(revision=gone.header.revision, physical=True), timeout=30
+        )
+        s.maintenance.Defragment(rpc_pb2.DefragmentRequest(), timeout=60)
+        disarm = rpc_pb2.AlarmRequest(
+            action=rpc_pb2.AlarmRequest.DEACTIVATE,
+            memberID=alarms[0].memberID,
+            alarm=rpc_pb2.AlarmType.NOSPACE,
+        )
+        s.maintenance.Alarm(disarm, timeout=10)
+        assert list(s.maintenance.Alarm(rpc_pb2.AlarmRequest(), timeout=10).alarms) == []
+        s.kv.Put(put(b"after", b"ok"), timeout=10)
+    finally:
+        s.close()
+        n.stop()

@@ -58,6 +58,18 @@ def test_metrics_url_serves_health_and_metrics(node: Node) -> None:
     )
     assert int(count_line.split()[-1]) >= 3
     assert "etcd_server_has_leader 1" in text
+    values = {
+        line.split()[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line and not line.startswith("#") and "{" not in line
+    }
+    # etcd's names, which dashboards use: the same values on both kinds.
+    assert values["etcd_debugging_mvcc_current_revision"] == 4  # 1 + three puts
+    assert values["etcd_server_is_leader"] == 1
+    assert values["etcd_debugging_mvcc_watcher_total"] == 0
+    assert values["etcd_mvcc_db_total_size_in_bytes"] > 0
+    applied = values["etcd_server_proposals_applied_total"]
+    assert 0 < applied <= values["etcd_server_proposals_committed_total"]
     if node.kind == "petra":  # petra's own per-method request metrics
         assert 'petra_grpc_requests_total{method="/etcdserverpb.KV/Put"} 3' in text
         assert 'petra_grpc_request_duration_seconds_count{method="/etcdserverpb.KV/Put"} 3' in text

@@ -9,6 +9,7 @@ with identities (cluster and member IDs, raft term, lease IDs) masked.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import re
@@ -281,6 +282,7 @@ def test_snapshot_save(node: Node, tmp_path: pathlib.Path) -> None:
     assert out(node, "snapshot", "save", str(path)) == f"Snapshot saved at {path}\n"
     data = path.read_bytes()
     assert len(data) > 32
+    assert hashlib.sha256(data[:-32]).digest() == data[-32:], "no SHA-256 trailer"
     assert not (tmp_path / "backup.db.part").exists()
 
 
@@ -323,8 +325,12 @@ TRANSCRIPT: list[tuple[tuple[str, ...], str | None]] = [
     (("del", "f/a", "-w", "fields"), None),
     (("lease", "grant", "100", "-w", "fields"), None),
     (("get", "f/a", "--rev=99", "-w", "fields"), None),
+    (("get", "t/", "--prefix", "--consistency=s", "-w", "json"), None),
+    (("endpoint", "hashkv", "-w", "json"), None),
+    (("alarm", "disarm", "-w", "json"), None),
+    (("lease", "list", "-w", "json"), None),
 ]
-IDENTITY_FIELDS = ("cluster_id", "member_id", "raft_term", "ID", "leader")
+IDENTITY_FIELDS = ("cluster_id", "member_id", "raft_term", "ID", "id", "leader")
 
 
 FIELDS_IDENTITY = ("ClusterID", "MemberID", "RaftTerm", "ID")
@@ -335,6 +341,7 @@ def _mask(text: str) -> str:
         text = re.sub(rf'"{field}":\d+', f'"{field}":"*"', text)
     for field in FIELDS_IDENTITY:
         text = re.sub(rf'"{field}" : \d+', f'"{field}" : *', text)
+    text = re.sub(r'"Endpoint":"127\.0\.0\.1:\d+"', '"Endpoint":"*"', text)
     return re.sub(r"lease [0-9a-f]+", "lease *", text)
 
 
