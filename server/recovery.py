@@ -183,7 +183,11 @@ def _open(config: Config, root: str) -> Recovered:
     memory.set_hard_state(raft.HardState(hard_state.term, hard_state.vote, commit))
     # Raft re-delivers the committed entries after the snapshot: the applier skips those at
     # or below the engine's consistent index, and membership changes among them are replayed.
-    raw = raft.RawNode(_raft_config(config, identity, memory, snap_index), peers=[])
+    # A member killed during its first start, before its bootstrap entries reached the WAL,
+    # has a log with no membership at all: bootstrap it again, or it never elects a leader.
+    never_started = not loaded and not entries and hard_state.term == 0
+    peers = [m[0] for m in identity.members] if never_started else []
+    raw = raft.RawNode(_raft_config(config, identity, memory, snap_index), peers=peers)
     # What the engine holds is applied, whatever Raft re-delivers: reads may rely on it.
     engine_applied = max(snap_index, store.consistent_index)
     return Recovered(

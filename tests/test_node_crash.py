@@ -36,7 +36,7 @@ import pytest
 from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from api.mvccpb import kv_pb2
 from tests import nodes
-from tests.nodes import Node, NodeFailed, known_petra_bug, make_node, wait_for
+from tests.nodes import Node, NodeFailed, make_node, wait_for
 
 node_kind = nodes.node_kind
 
@@ -589,17 +589,10 @@ def test_corrupt_newest_snapshot_falls_back(crash_node: Node) -> None:
     n.stop()
 
 
-FIRST_START_STUCK = (
-    "server/recovery.py + node bootstrap: killed before the first WAL record of a new member "
-    "(only the segment header exists), the restart logs 'serving' but never elects a leader, "
-    "so every linearizable request hangs (found by test_sigkill_long[2])"
-)
-
-
 @pytest.mark.parametrize(
     "failpoint",
     [
-        pytest.param("wal.before_write:kill@1", marks=known_petra_bug(FIRST_START_STUCK)),
+        "wal.before_write:kill@1",
         "wal.after_write:kill@1",
     ],
 )
