@@ -16,13 +16,14 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit
 
 import grpc
 
 from . import cluster_service, kv_service, maintenance_service
-from .config import Config, ConfigError, parse
+from .config import CONFIG_FILE_FLAG, FLAGS, Config, ConfigError, env_name, parse
 from .node import Node
 from .recovery import DataDirError
 
@@ -201,9 +202,34 @@ async def _main(config: Config) -> None:
     await serve(config, stop_event)
 
 
+def usage() -> str:
+    """What `petra --help` prints: every flag petra takes, its variable and its default."""
+    defaults = Config()
+    lines = [
+        "usage: petra [flags]",
+        "",
+        "Start a petra member: etcd's flags, ETCD_* variables and --config-file YAML.",
+        "",
+        f"  --{CONFIG_FILE_FLAG}  ({env_name(CONFIG_FILE_FLAG)})  YAML file of flag: value; "
+        "flags and variables are then ignored",
+    ]
+    for flag, (field, _parser) in FLAGS.items():
+        default = getattr(defaults, field)
+        shown = ",".join(default) if isinstance(default, tuple) else str(default)
+        lines.append(f"  --{flag}  ({env_name(flag)})  default: {shown!r}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "-help", "--help") for a in args):
+        print(usage())
+        return
+    if any(a in ("-version", "--version") for a in args):
+        print(f"petra Version: {version('petra')}\netcd API version: 3.4")
+        return
     try:
-        config = parse(sys.argv[1:] if argv is None else argv, os.environ)
+        config = parse(args, os.environ)
     except ConfigError as exc:
         print(f"petra: {exc}", file=sys.stderr)
         sys.exit(1)
