@@ -89,14 +89,15 @@ def _bind(server: Any, config: Config) -> None:
 
 
 async def serve(config: Config, stop_event: asyncio.Event) -> None:
+    # Bind first: a start that fails on a port in use must not leave a new data dir behind.
+    server = _grpc_server(config)
+    _bind(server, config)
     try:
         node = await Node.start(config)
     except DataDirError as exc:
         raise StartError(str(exc)) from exc
     stops: list[Callable[[], Awaitable[None]]] = []
-    server = _grpc_server(config)
     try:
-        _bind(server, config)
         kv_service.add_to_server(server, node)
         maintenance_service.add_to_server(server, node)
         cluster_service.add_to_server(server, node)

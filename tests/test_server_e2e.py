@@ -188,7 +188,7 @@ def test_restart_and_sigterm(tmp_path: pathlib.Path) -> None:
 
 
 def test_port_in_use_is_one_line_error(tmp_path: pathlib.Path) -> None:
-    """A second node on a busy port exits 1 with a one-line message."""
+    """A second node on a busy port exits 1 with a one-line message, creating no data dir."""
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -200,6 +200,7 @@ def test_port_in_use_is_one_line_error(tmp_path: pathlib.Path) -> None:
     assert done.returncode == 1
     lines = done.stderr.decode().strip().splitlines()
     assert lines[-1].startswith("petra: listen tcp 127.0.0.1:") and "in use" in lines[-1]
+    assert not pathlib.Path(node.data_dir).exists(), "a failed start left a data dir behind"
 
 
 def run_to_exit(node: Petra) -> subprocess.CompletedProcess[bytes]:
