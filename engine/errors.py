@@ -65,3 +65,8 @@ class ValueProvidedError(EngineError):
 class LeaseProvidedError(EngineError):
     def __init__(self) -> None:
         super().__init__("lease is provided")
+
+
+class InvalidSortOptionError(EngineError):
+    def __init__(self) -> None:
+        super().__init__("invalid sort option")

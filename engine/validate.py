@@ -1,9 +1,10 @@
 """Request checks the server runs before proposing (etcd's v3rpc/key.go): no state needed.
 
-`check_txn(req, max_txn_ops)` applies etcd's max-ops rule (nested txns count against what is
-left of the budget), key presence, Put's value/lease-provided rules, and the duplicate-key rule
-(per branch, recursively: two puts of one key, or a put inside a delete range of the same branch;
-a key put in both then and else of a nested txn is fine).
+`check_range` refuses an empty key and unknown sort options. `check_txn(req, max_txn_ops)`
+applies etcd's max-ops rule (nested txns count against what is left of the budget), key
+presence, Put's value/lease-provided rules, and the duplicate-key rule (per branch,
+recursively: two puts of one key, or a put inside a delete range of the same branch; a key put
+in both then and else of a nested txn is fine).
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ def check_put(req: rpc_pb2.PutRequest) -> None:
         raise errors.LeaseProvidedError()
 
 
+_SORT_ORDERS = range(0, 3)
+_SORT_TARGETS = range(0, 5)
+
+
 def check_range(req: rpc_pb2.RangeRequest) -> None:
     if not req.key:
         raise errors.EmptyKeyError()
+    if req.sort_order not in _SORT_ORDERS or req.sort_target not in _SORT_TARGETS:
+        raise errors.InvalidSortOptionError()
 
 
 def check_delete(req: rpc_pb2.DeleteRangeRequest) -> None:

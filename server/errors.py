@@ -40,15 +40,6 @@ StoppedError = _error("StoppedError", _C.UNAVAILABLE, "server stopped")
 RequestTimeoutError = _error("RequestTimeoutError", _C.UNAVAILABLE, "request timed out")
 TooManyRequestsError = _error("TooManyRequestsError", _C.UNKNOWN, "too many requests")
 RequestTooLargeError = _error("RequestTooLargeError", _C.INVALID_ARGUMENT, "request is too large")
-KeyNotProvidedError = _error("KeyNotProvidedError", _C.INVALID_ARGUMENT, "key is not provided")
-ValueProvidedError = _error("ValueProvidedError", _C.INVALID_ARGUMENT, "value is provided")
-LeaseProvidedError = _error("LeaseProvidedError", _C.INVALID_ARGUMENT, "lease is provided")
-TooManyOpsError = _error(
-    "TooManyOpsError", _C.INVALID_ARGUMENT, "too many operations in txn request"
-)
-DuplicateKeyError = _error(
-    "DuplicateKeyError", _C.INVALID_ARGUMENT, "duplicate key given in txn request"
-)
 NoSpaceError = _error("NoSpaceError", _C.RESOURCE_EXHAUSTED, "mvcc: database space exceeded")
 CorruptError = _error("CorruptError", _C.DATA_LOSS, "corrupt cluster")
 MemberNotFoundError = _error("MemberNotFoundError", _C.NOT_FOUND, "member not found")
@@ -79,6 +70,7 @@ _ENGINE: dict[str, tuple[grpc.StatusCode, str]] = {
     "EmptyKeyError": (_C.INVALID_ARGUMENT, "key is not provided"),
     "ValueProvidedError": (_C.INVALID_ARGUMENT, "value is provided"),
     "LeaseProvidedError": (_C.INVALID_ARGUMENT, "lease is provided"),
+    "InvalidSortOptionError": (_C.INVALID_ARGUMENT, "invalid sort option"),
 }
 
 
@@ -100,9 +92,6 @@ async def abort(context: Any, exc: BaseException) -> NoReturn:
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 
-InvalidSortOptionError = _error(
-    "InvalidSortOptionError", _C.INVALID_ARGUMENT, "invalid sort option"
-)
 # 3.4 maps this one to Unknown (a slip in togRPCError); clients match the text.
 NotEnoughStartedError = _error(
     "NotEnoughStartedError",

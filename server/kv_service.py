@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from api.etcdserverpb import rpc_pb2_grpc
+from engine import validate
 
-from . import errors, txn_check
+from . import errors
 from .applier import txn_has_put, txn_is_read_only
 from .node import Node
 
@@ -31,7 +32,7 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
 
     async def Range(self, request: Any, context: Any) -> Any:
         try:
-            txn_check.check_range(request)
+            validate.check_range(request)
             if not request.serializable:
                 await self.node.read_barrier()
             response = self.node.store.range(request)
@@ -42,7 +43,7 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
 
     async def Put(self, request: Any, context: Any) -> Any:
         try:
-            txn_check.check_put(request)
+            validate.check_put(request)
             await self.node.check_quota(request)
             return await self.node.propose_op("put", request)
         except Exception as exc:
@@ -50,14 +51,14 @@ class KVService(rpc_pb2_grpc.KVServicer):  # type: ignore[misc]
 
     async def DeleteRange(self, request: Any, context: Any) -> Any:
         try:
-            txn_check.check_delete(request)
+            validate.check_delete(request)
             return await self.node.propose_op("delete_range", request)
         except Exception as exc:
             await errors.abort(context, exc)
 
     async def Txn(self, request: Any, context: Any) -> Any:
         try:
-            txn_check.check_txn(request, self.max_txn_ops)
+            validate.check_txn(request, self.max_txn_ops)
             if txn_is_read_only(request):
                 if not _serializable(request):
                     await self.node.read_barrier()

@@ -6,7 +6,9 @@ import grpc
 import pytest
 
 from api.etcdserverpb import rpc_pb2
-from server import errors, txn_check
+from engine import errors as engine_errors
+from engine import validate
+from server import errors
 from server.ids import cluster_id, member_id
 
 
@@ -63,39 +65,45 @@ def test_error_table_exact_texts() -> None:
 @pytest.mark.parametrize(
     ("request_", "error"),
     [
-        (rpc_pb2.PutRequest(key=b""), errors.KeyNotProvidedError),
-        (rpc_pb2.PutRequest(key=b"k", value=b"v", ignore_value=True), errors.ValueProvidedError),
-        (rpc_pb2.PutRequest(key=b"k", lease=5, ignore_lease=True), errors.LeaseProvidedError),
+        (rpc_pb2.PutRequest(key=b""), engine_errors.EmptyKeyError),
+        (
+            rpc_pb2.PutRequest(key=b"k", value=b"v", ignore_value=True),
+            engine_errors.ValueProvidedError,
+        ),
+        (
+            rpc_pb2.PutRequest(key=b"k", lease=5, ignore_lease=True),
+            engine_errors.LeaseProvidedError,
+        ),
     ],
 )
 def test_put_checks(request_: rpc_pb2.PutRequest, error: type) -> None:
     with pytest.raises(error):
-        txn_check.check_put(request_)
+        validate.check_put(request_)
 
 
 def test_put_check_passes_valid() -> None:
-    txn_check.check_put(rpc_pb2.PutRequest(key=b"k", ignore_value=True, ignore_lease=True))
+    validate.check_put(rpc_pb2.PutRequest(key=b"k", ignore_value=True, ignore_lease=True))
 
 
 def test_range_checks() -> None:
-    with pytest.raises(errors.KeyNotProvidedError):
-        txn_check.check_range(rpc_pb2.RangeRequest())
-    with pytest.raises(errors.InvalidSortOptionError):
-        txn_check.check_range(rpc_pb2.RangeRequest(key=b"a", sort_order=7))
-    txn_check.check_range(rpc_pb2.RangeRequest(key=b"a", sort_order=2, sort_target=4))
+    with pytest.raises(engine_errors.EmptyKeyError):
+        validate.check_range(rpc_pb2.RangeRequest())
+    with pytest.raises(engine_errors.InvalidSortOptionError):
+        validate.check_range(rpc_pb2.RangeRequest(key=b"a", sort_order=7))
+    validate.check_range(rpc_pb2.RangeRequest(key=b"a", sort_order=2, sort_target=4))
 
 
 def test_txn_too_many_ops() -> None:
     txn = rpc_pb2.TxnRequest(success=[put_op(b"k%d" % i) for i in range(3)])
-    txn_check.check_txn(txn, 3)
-    with pytest.raises(errors.TooManyOpsError):
-        txn_check.check_txn(txn, 2)
+    validate.check_txn(txn, 3)
+    with pytest.raises(engine_errors.TooManyOpsError):
+        validate.check_txn(txn, 2)
 
 
 def test_txn_empty_compare_key() -> None:
     txn = rpc_pb2.TxnRequest(compare=[rpc_pb2.Compare(key=b"")])
-    with pytest.raises(errors.KeyNotProvidedError):
-        txn_check.check_txn(txn, 128)
+    with pytest.raises(engine_errors.EmptyKeyError):
+        validate.check_txn(txn, 128)
 
 
 @pytest.mark.parametrize(
@@ -109,8 +117,8 @@ def test_txn_empty_compare_key() -> None:
     ],
 )
 def test_txn_duplicate_keys(ops: list) -> None:
-    with pytest.raises(errors.DuplicateKeyError):
-        txn_check.check_txn(rpc_pb2.TxnRequest(success=ops), 128)
+    with pytest.raises(engine_errors.DuplicateKeyError):
+        validate.check_txn(rpc_pb2.TxnRequest(success=ops), 128)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +133,7 @@ def test_txn_duplicate_keys(ops: list) -> None:
     ],
 )
 def test_txn_allowed_overlaps(ops: list) -> None:
-    txn_check.check_txn(rpc_pb2.TxnRequest(success=ops), 128)
+    validate.check_txn(rpc_pb2.TxnRequest(success=ops), 128)
 
 
 @pytest.mark.parametrize("request_id", [1, 300, 2**63 + 12345, 2**64 - 1])
@@ -140,3 +148,31 @@ def test_hand_framed_entry_decodes_as_internal_request(request_id: int) -> None:
     expected = internal_pb2.InternalRequest(put=put)
     expected.header.ID = request_id
     assert internal_pb2.InternalRequest.FromString(data) == expected
+
+
+def test_nested_txn_counts_against_the_remaining_budget() -> None:
+    """etcd's checkRequestOp gives a nested txn max-txn-ops minus the outer op count: an outer
+    txn of 2 ops holding a nested txn of 2 puts exceeds a budget of 3 (2 + 2 > 3)."""
+    nested = txn_op([put_op(b"a"), put_op(b"b")], [])
+    txn = rpc_pb2.TxnRequest(success=[nested, put_op(b"c")])
+    validate.check_txn(txn, 4)
+    with pytest.raises(engine_errors.TooManyOpsError):
+        validate.check_txn(txn, 3)
+
+
+def test_empty_request_op_is_key_not_found() -> None:
+    """An empty RequestOp in a txn is refused as etcd 3.4 refuses it ("key not found")."""
+    with pytest.raises(engine_errors.KeyNotFoundError):
+        validate.check_txn(rpc_pb2.TxnRequest(success=[rpc_pb2.RequestOp()]), 128)
+
+
+def test_validation_errors_map_to_etcd_text() -> None:
+    """Every error the validators raise reaches the client with etcd's code and text."""
+    cases = {
+        engine_errors.EmptyKeyError(): "etcdserver: key is not provided",
+        engine_errors.InvalidSortOptionError(): "etcdserver: invalid sort option",
+        engine_errors.TooManyOpsError(): "etcdserver: too many operations in txn request",
+        engine_errors.DuplicateKeyError(): "etcdserver: duplicate key given in txn request",
+    }
+    for exc, text in cases.items():
+        assert errors.to_grpc_status(exc) == (grpc.StatusCode.INVALID_ARGUMENT, text)
