@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -22,21 +21,14 @@ import pytest
 from bench import cli
 from bench.crash import CrashConfig, run_crash
 from bench.load import LoadError, expected_events, run_load
-from bench.servers import ServerProcess, free_port, make_server, petra_available
+from bench.servers import ServerProcess, free_port, make_server
 from bench.verify import verify
 from bench.workloads import LoadSpec
 from client import Client
 
-needs_etcd = pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed")
-needs_petra = pytest.mark.skipif(
-    not petra_available(), reason="server/main.py (the petra node) is not on this branch yet"
-)
-
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    if shutil.which("etcd") is None:
-        pytest.skip("etcd is not installed")
     server = make_server("etcd", tmp_path_factory.mktemp("etcd"))
     try:
         server.launch()
@@ -55,7 +47,6 @@ def spec(server: ServerProcess, workload: str, **kw: object) -> LoadSpec:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
-@needs_etcd
 def test_put_load_counts_match_the_server(etcd: ServerProcess) -> None:
     """400 puts from 8 clients in 2 processes: 400 successes, and etcd's revision grew by
     exactly 400; the report's figures are consistent with each other."""
@@ -69,7 +60,6 @@ def test_put_load_counts_match_the_server(etcd: ServerProcess) -> None:
     assert result.cpu_s > 0 and result.wall_s > 0
 
 
-@needs_etcd
 def test_txn_put_via_cli_json_and_plot(
     etcd: ServerProcess, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -89,7 +79,6 @@ def test_txn_put_via_cli_json_and_plot(
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@needs_etcd
 def test_txn_mixed_reads_do_not_write(etcd: ServerProcess) -> None:
     """txn-mixed: reads + writes = total, and the revision grew by the writes only."""
     before = revision(etcd.endpoint)
@@ -100,7 +89,6 @@ def test_txn_mixed_reads_do_not_write(etcd: ServerProcess) -> None:
     assert revision(etcd.endpoint) - before == writes
 
 
-@needs_etcd
 def test_serializable_range_and_lease_keepalive(etcd: ServerProcess) -> None:
     result = run_load(spec(etcd, "range", serializable=True))
     assert result.summaries["range"].count == 200
@@ -110,7 +98,6 @@ def test_serializable_range_and_lease_keepalive(etcd: ServerProcess) -> None:
     assert result.summaries["keepalive"].count == 100
 
 
-@needs_etcd
 def test_watch_delivers_every_event(etcd: ServerProcess) -> None:
     """4 streams x 5 watchers over 3 keys, 60 puts: each watcher receives each put to its
     key; events/s and put->event latencies are reported."""
@@ -131,11 +118,10 @@ def test_unreachable_endpoint_fails_clearly() -> None:
         run_load(s)
 
 
-@needs_etcd
 def test_compare_and_ceiling(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    """compare starts its own servers (etcd, and petra when it exists), prints the medians
-    table and a plot; ceiling measures the do-nothing server."""
-    servers = "petra,etcd,ceiling" if petra_available() else "etcd,ceiling"
+    """compare starts its own servers (petra, etcd and the ceiling), prints the medians table
+    and a plot; ceiling measures the do-nothing server."""
+    servers = "petra,etcd,ceiling"
     png = tmp_path / "cmp.png"
     argv = ["compare", "--servers", servers, "--clients-list", "1,4", "--repeat", "1",
             "--total", "100", "--plot", str(png)]  # fmt: skip
@@ -168,14 +154,12 @@ def crash_run(server: ServerProcess, seed: int) -> None:
         assert history.watch_resumes >= 2  # one new stream after each restart at least
 
 
-@needs_etcd
 def test_crash_mode_against_etcd(tmp_path: Path) -> None:
     """Two kill -9 cycles under 4 writers: nothing acknowledged is lost, the watcher saw
     every event once, and recovery times are recorded."""
     crash_run(make_server("etcd", tmp_path), seed=11)
 
 
-@needs_etcd
 def test_crash_cli_with_a_server_command(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -192,7 +176,6 @@ def test_crash_cli_with_a_server_command(
     assert len(out["recovery_s"]) == 1
 
 
-@needs_petra
 def test_put_load_against_petra(tmp_path: Path) -> None:
     server = make_server("petra", tmp_path)
     try:
@@ -205,12 +188,10 @@ def test_put_load_against_petra(tmp_path: Path) -> None:
         server.stop()
 
 
-@needs_petra
 def test_crash_mode_against_petra(tmp_path: Path) -> None:
     crash_run(make_server("petra", tmp_path), seed=11)
 
 
-@needs_etcd
 def test_rate_and_duration_bound_the_run(etcd: ServerProcess) -> None:
     """--rate spaces request starts (60 puts at 300/s cannot finish in under 59/300 s), and
     --duration stops issuing at the deadline."""
@@ -222,7 +203,6 @@ def test_rate_and_duration_bound_the_run(etcd: ServerProcess) -> None:
     assert s.count > 0 and 0.45 <= s.total_s < 0.5 + 5.0
 
 
-@needs_etcd
 def test_target_leader_skips_dead_endpoints(etcd: ServerProcess) -> None:
     """--target-leader asks each endpoint's Status; a dead one is skipped, the leader kept."""
     dead = f"127.0.0.1:{free_port()}"
@@ -230,7 +210,6 @@ def test_target_leader_skips_dead_endpoints(etcd: ServerProcess) -> None:
 
 
 @pytest.mark.slow
-@needs_etcd
 def test_crash_soak_etcd(tmp_path: Path) -> None:
     """Ten kill -9 cycles with longer load between them (slow: about a minute)."""
     cfg = CrashConfig(cycles=10, writers=8, keys=50, seed=101)
@@ -239,7 +218,6 @@ def test_crash_soak_etcd(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@needs_petra
 def test_crash_soak_petra(tmp_path: Path) -> None:
     """The same soak against petra."""
     cfg = CrashConfig(cycles=10, writers=8, keys=50, seed=101)
@@ -261,7 +239,6 @@ def test_crash_mode_catches_a_server_that_loses_writes(tmp_path: Path) -> None:
     assert "lost" in v.problems and "revision-went-back" in v.problems
 
 
-@needs_etcd
 def test_txn_mixed_cli_defaults_read_the_written_keys(
     etcd: ServerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -291,7 +268,6 @@ def test_launch_moves_to_new_ports_when_one_is_taken(tmp_path: Path) -> None:
         assert not server.alive()
 
 
-@needs_etcd
 def test_text_reports_name_each_series(
     etcd: ServerProcess, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,14 +13,11 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from api.etcdserverpb import rpc_pb2 as pb
 from engine import Store
 
 ETCD = shutil.which("etcd")
 ETCDCTL = shutil.which("etcdctl")
-pytestmark = pytest.mark.skipif(not (ETCD and ETCDCTL), reason="etcd/etcdctl not installed")
 
 
 def free_port() -> int:
