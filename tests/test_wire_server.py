@@ -1,0 +1,848 @@
+"""Conformance of petra's own gRPC server (server/wire/) for real clients.
+
+Each test runs against a server built by `tests.wire_harness.start_server` on a background
+event loop; tests parametrized over `KINDS` run against grpc.aio's server too, whose behaviour
+is the spec, so a difference fails on "petra" only. Clients are the real grpcio ones (sync
+and aio) and, for protocol robustness, a raw HTTP/2 socket (`RawConn`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import pytest
+
+from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from tests.wire_harness import (
+    ACK,
+    CALL_TIMEOUT_S,
+    DATA,
+    END_HEADERS,
+    END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    GOAWAY,
+    HEADERS,
+    KINDS,
+    PING,
+    PREFACE,
+    PROTOCOL_ERROR,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
+    Frame,
+    LoopThread,
+    RawConn,
+    Running,
+    frame,
+    goaway_error,
+    grpc_message,
+    hpack_literal,
+    method,
+    pattern,
+    request_headers,
+    start_server,
+    stream_pattern,
+    stream_spec,
+    wait_until,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def loop() -> Iterator[LoopThread]:
+    thread = LoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(params=KINDS)
+def served(request: pytest.FixtureRequest, loop: LoopThread) -> Iterator[Running]:
+    running = start_server(request.param, loop)
+    yield running
+    running.stop(0)
+
+
+@pytest.fixture
+def petra(loop: LoopThread) -> Iterator[Running]:
+    running = start_server("petra", loop)
+    yield running
+    running.stop(0)
+
+
+def open_channel(port: int, **options: Any) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{port}", options=list(options.items()))
+
+
+@pytest.fixture
+def channel(served: Running) -> Iterator[grpc.Channel]:
+    with open_channel(served.port) as chan:
+        yield chan
+
+
+def unary(chan: grpc.Channel, name: str, request: bytes, **kwargs: Any) -> Any:
+    kwargs.setdefault("timeout", CALL_TIMEOUT_S)
+    return chan.unary_unary(method(name))(request, **kwargs)
+
+
+def rpc_error(call: Any) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value
+
+
+def status(error: grpc.RpcError) -> tuple[grpc.StatusCode, str]:
+    return error.code(), error.details()
+
+
+def assert_serving(port: int) -> None:
+    """A fresh channel completes a normal call: the server survived what came before."""
+    with open_channel(port) as chan:
+        assert unary(chan, "Unary", b"still here") == b"still here"
+
+
+# -- the four RPC kinds ----------------------------------------------------------------------------
+
+
+def test_four_kinds_with_the_sync_client(channel: grpc.Channel) -> None:
+    """Unary, server stream (yield and context.write), client stream (async for and
+    context.read) and bidi (both styles) each return exactly what the handler computed."""
+    assert unary(channel, "Unary", b"hello") == b"hello"
+    spec = stream_spec(count=5, size_bytes=100, seed=7)
+    for name in ("StreamYield", "StreamWrite"):
+        got = list(channel.unary_stream(method(name))(spec, timeout=CALL_TIMEOUT_S))
+        assert b"".join(got) == stream_pattern(5, 100, 7) and len(got) == 5, name
+    parts = [b"a", b"", b"bc", b"d" * 1000]
+    for name in ("CollectIter", "CollectRead"):
+        got = channel.stream_unary(method(name))(iter(parts), timeout=CALL_TIMEOUT_S)
+        assert got == b"".join(parts), name
+    for name in ("BidiIter", "BidiRW"):
+        got = list(channel.stream_stream(method(name))(iter(parts), timeout=CALL_TIMEOUT_S))
+        assert got == [p[::-1] for p in parts], name
+
+
+def test_four_kinds_with_the_aio_client(served: Running) -> None:
+    """The same four kinds through grpc.aio's client, including interleaved bidi reads and
+    writes (each reply read before the next request is written)."""
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as chan:
+            assert await chan.unary_unary(method("Unary"))(b"x" * 10) == b"x" * 10
+            call = chan.unary_stream(method("StreamWrite"))(stream_spec(3, 10, 1))
+            assert b"".join([m async for m in call]) == stream_pattern(3, 10, 1)
+            call = chan.stream_unary(method("CollectRead"))()
+            for part in (b"1", b"22", b"333"):
+                await call.write(part)
+            await call.done_writing()
+            assert await call == b"122333"
+            bidi = chan.stream_stream(method("BidiRW"))()
+            for i in range(20):
+                await bidi.write(b"ping%d" % i)
+                assert await bidi.read() == (b"ping%d" % i)[::-1]
+            await bidi.done_writing()
+            assert await bidi.read() == grpc.aio.EOF
+            assert await bidi.code() == grpc.StatusCode.OK
+
+    asyncio.run(scenario())
+
+
+def test_etcd_protobufs_through_generated_stubs(channel: grpc.Channel) -> None:
+    """etcd's KV (registered by add_KVServicer_to_server) and a Watch bidi stream with real
+    rpc_pb2 messages: fields survive serialization both ways."""
+    kv = rpc_pb2_grpc.KVStub(channel)
+    put = kv.Put(rpc_pb2.PutRequest(key=b"k\x00\xff", value=b"v" * 300), timeout=CALL_TIMEOUT_S)
+    assert put.header.revision == 2
+    got = kv.Range(rpc_pb2.RangeRequest(key=b"k\x00\xff"), timeout=CALL_TIMEOUT_S)
+    assert [(x.key, x.value) for x in got.kvs] == [(b"k\x00\xff", b"v" * 300)]
+    assert got.count == 1 and got.header.revision == 2
+    watch = rpc_pb2_grpc.WatchStub(channel)
+    creates = [
+        rpc_pb2.WatchRequest(create_request=rpc_pb2.WatchCreateRequest(key=b"a", watch_id=i))
+        for i in (1, 5, 9)
+    ]
+    replies = list(watch.Watch(iter(creates), timeout=CALL_TIMEOUT_S))
+    assert [(r.watch_id, r.created) for r in replies] == [(1, True), (5, True), (9, True)]
+
+
+def test_many_sequential_calls_on_one_channel(channel: grpc.Channel) -> None:
+    """500 unary calls one after another on one channel (one HTTP/2 connection, stream ids
+    climbing) each get their own answer."""
+    for i in range(500):
+        assert unary(channel, "Unary", b"%d" % i) == b"%d" % i
+
+
+def test_200_concurrent_calls_on_one_aio_channel(served: Running) -> None:
+    """200 unary calls in flight at once on one channel, plus 20 bidi streams; every
+    answer matches its own request (no cross-talk between streams)."""
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as chan:
+            call = chan.unary_unary(method("Unary"))
+            requests = [b"%d:" % i + bytes([i % 256]) * (i * 50) for i in range(200)]
+            got = await asyncio.gather(*(call(r, timeout=CALL_TIMEOUT_S) for r in requests))
+            assert got == requests
+
+            async def bidi(i: int) -> list[bytes]:
+                stream = chan.stream_stream(method("BidiIter"))(
+                    iter([b"s%d-%d" % (i, j) for j in range(10)])
+                )
+                return [m async for m in stream]
+
+            streams = await asyncio.gather(*(bidi(i) for i in range(20)))
+            assert streams == [[(b"s%d-%d" % (i, j))[::-1] for j in range(10)] for i in range(20)]
+
+    asyncio.run(scenario())
+
+
+def test_200_concurrent_calls_from_a_thread_pool(channel: grpc.Channel) -> None:
+    """200 sync calls from 32 threads sharing one channel; every answer matches."""
+    with ThreadPoolExecutor(32) as pool:
+        got = list(pool.map(lambda i: unary(channel, "Unary", b"t%d" % i), range(200)))
+    assert got == [b"t%d" % i for i in range(200)]
+
+
+def test_100_channels_at_once(served: Running) -> None:
+    """100 aio channels (100 connections) each make calls concurrently."""
+
+    async def scenario() -> None:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") for _ in range(100)]
+        try:
+            calls = [
+                chan.unary_unary(method("Unary"))(b"c%d" % i, timeout=CALL_TIMEOUT_S)
+                for i, chan in enumerate(channels)
+            ]
+            assert await asyncio.gather(*calls) == [b"c%d" % i for i in range(100)]
+        finally:
+            await asyncio.gather(*(chan.close() for chan in channels))
+
+    asyncio.run(scenario())
+
+
+# -- message sizes and flow control ----------------------------------------------------------------
+
+SIZES_BYTES = [0, 1, 16383, 16384, 16385, 65535, 65536, 65537, MiB, int(3.9 * MiB)]
+
+
+@pytest.mark.parametrize("size_bytes", SIZES_BYTES)
+def test_message_sizes_both_directions(served: Running, size_bytes: int) -> None:
+    """Request and response of each size round-trip byte for byte: unary echo, and a bidi
+    stream carrying the size three times (so the windows are crossed mid-stream)."""
+    body = pattern(size_bytes, size_bytes)
+    with open_channel(served.port) as chan:
+        assert unary(chan, "Unary", body) == body
+        got = list(chan.stream_stream(method("BidiIter"))(iter([body] * 3), timeout=CALL_TIMEOUT_S))
+        assert got == [body[::-1]] * 3
+
+
+def test_10_mib_response_stream(channel: grpc.Channel) -> None:
+    """A 10 MiB server stream (160 messages of 64 KiB) arrives complete and in order."""
+    spec = stream_spec(count=160, size_bytes=64 * 1024, seed=10)
+    got = channel.unary_stream(method("StreamYield"))(spec, timeout=60)
+    assert b"".join(got) == stream_pattern(160, 64 * 1024, 10)
+
+
+def wait_for_stall(running: Running, quiet_s: float = 0.3, timeout_s: float = 10.0) -> None:
+    """Waits until the streaming handler has produced nothing for `quiet_s`."""
+    wait_until(
+        lambda: (
+            running.probe.produced_bytes > 0
+            and time.monotonic() - running.probe.last_produce_s > quiet_s
+        ),
+        timeout_s,
+        "the server stream to stall on flow control",
+    )
+
+
+def test_20_mib_stream_to_a_slow_reader_is_held_back_by_flow_control(served: Running) -> None:
+    """A 20 MiB server stream; the client stops reading twice (after the first message and
+    halfway). Each time the handler must stall with well under 20 MiB produced (flow control
+    holds it back instead of buffering everything), and at the end every byte arrives in
+    order (checked against the seeded pattern)."""
+    total_bytes, chunk_bytes, seed = 20 * MiB, 32 * 1024, 2020
+    with open_channel(served.port) as chan:
+        stream = chan.unary_stream(method("StreamYield"))(
+            stream_spec(total_bytes // chunk_bytes, chunk_bytes, seed), timeout=120
+        )
+        received = [next(stream)]
+        wait_for_stall(served)
+        first_stall_bytes = served.probe.produced_bytes
+        while sum(map(len, received)) < total_bytes // 2:
+            received.append(next(stream))
+        wait_for_stall(served)
+        second_stall_bytes = served.probe.produced_bytes
+        received.extend(stream)
+    assert b"".join(received) == stream_pattern(total_bytes // chunk_bytes, chunk_bytes, seed)
+    # Ahead of the reader by at most the windows and socket buffers, never the whole stream.
+    assert first_stall_bytes < 12 * MiB, first_stall_bytes
+    assert second_stall_bytes - total_bytes // 2 < 12 * MiB, second_stall_bytes
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+ABORTS = [
+    ("NOT_FOUND", "etcdserver: key not found"),
+    ("INVALID_ARGUMENT", "etcdserver: key is not provided"),
+    ("FAILED_PRECONDITION", "100% done, 50%% left, %41 stays"),
+    ("UNAVAILABLE", "héllo wörld ✓ 日本"),
+    ("PERMISSION_DENIED", ""),
+    ("OUT_OF_RANGE", "line one\nline two\ttab"),
+    ("RESOURCE_EXHAUSTED", "x" * 2000),
+]
+
+
+@pytest.mark.parametrize(("code", "details"), ABORTS, ids=[a[0] for a in ABORTS])
+def test_abort_code_and_details_reach_the_client(
+    channel: grpc.Channel, code: str, details: str
+) -> None:
+    """context.abort(code, details): the client sees that code and the details unchanged,
+    including '%' and non-ASCII (percent-encoded in grpc-message) and control characters."""
+    request = json.dumps({"code": code, "details": details}).encode()
+    error = rpc_error(lambda: unary(channel, "Abort", request))
+    assert status(error) == (getattr(grpc.StatusCode, code), details)
+
+
+@pytest.mark.parametrize(
+    "path", ["/wiretest.Echo/NoSuchMethod", "/no.such.Service/Unary", "/etcdserverpb.KV/Nope"]
+)
+def test_unknown_method_or_service_is_unimplemented(channel: grpc.Channel, path: str) -> None:
+    """An unknown method or service: UNIMPLEMENTED "Method not found!", and the channel
+    keeps working."""
+    error = rpc_error(lambda: channel.unary_unary(path)(b"", timeout=CALL_TIMEOUT_S))
+    assert status(error) == (grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    error = rpc_error(lambda: list(channel.stream_stream(path)(iter([b"a"]), timeout=5)))
+    assert status(error) == (grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    assert unary(channel, "Unary", b"ok") == b"ok"
+
+
+def test_handler_exception_is_unknown_with_grpc_aio_text(channel: grpc.Channel) -> None:
+    """A handler raising ValueError("boom"): UNKNOWN "Unexpected <class 'ValueError'>: boom"."""
+    error = rpc_error(lambda: unary(channel, "Raise", b""))
+    assert status(error) == (grpc.StatusCode.UNKNOWN, "Unexpected <class 'ValueError'>: boom")
+    assert unary(channel, "Unary", b"ok") == b"ok"
+
+
+def test_set_code_and_details_without_abort(channel: grpc.Channel) -> None:
+    """set_code(NOT_FOUND) and set_details() then a normal return: the client sees them."""
+    error = rpc_error(lambda: unary(channel, "SetCode", b""))
+    assert status(error) == (grpc.StatusCode.NOT_FOUND, "nothing here")
+
+
+def oversized_status(kind: str, loop: LoopThread, max_bytes: int, size_bytes: int) -> Any:
+    running = start_server(kind, loop, max_receive_bytes=max_bytes)
+    try:
+        with open_channel(running.port) as chan:
+            error = rpc_error(lambda: unary(chan, "Unary", b"z" * size_bytes))
+            client_stream = rpc_error(
+                lambda: chan.stream_unary(method("CollectIter"))(
+                    iter([b"ok", b"z" * size_bytes]), timeout=CALL_TIMEOUT_S
+                )
+            )
+            assert unary(chan, "Unary", b"z" * max_bytes) == b"z" * max_bytes
+        return status(error), status(client_stream)
+    finally:
+        running.stop(0)
+
+
+def test_request_over_max_receive_is_resource_exhausted_as_grpc_aio(loop: LoopThread) -> None:
+    """A request over max_receive_message_length (unary, and the second message of a client
+    stream): RESOURCE_EXHAUSTED with exactly the text grpc.aio's server gives, measured here
+    against a grpc.aio server with the same limit; a request of exactly the limit passes."""
+    max_bytes, size_bytes = 1000, 1001
+    expected = oversized_status("aio", loop, max_bytes, size_bytes)
+    assert expected[0][0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert oversized_status("petra", loop, max_bytes, size_bytes) == expected
+
+
+def test_deadline_overrun_is_deadline_exceeded_and_cancels_the_handler(
+    channel: grpc.Channel, served: Running
+) -> None:
+    """A handler that outlives the client's 300 ms deadline: DEADLINE_EXCEEDED "Deadline
+    Exceeded" at the client, and the handler's task is cancelled (its finally runs)."""
+    error = rpc_error(lambda: unary(channel, "Block", b"late", timeout=0.3))
+    assert status(error) == (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded")
+    assert served.probe.wait("cancelled:late") == "CancelledError"
+    served.probe.wait("finally:late")
+    assert unary(channel, "Unary", b"ok") == b"ok"
+
+
+# How a cancelled stream handler ends: grpc.aio cancels a generator's task (GeneratorExit at
+# its yield) and ends a request iterator early; a CancelledError is as good.
+STREAM_ENDS = ("CancelledError", "GeneratorExit")
+
+
+# -- client cancellation ---------------------------------------------------------------------------
+
+
+def test_cancel_a_unary_call_in_flight(channel: grpc.Channel, served: Running) -> None:
+    """The client cancels a unary call whose handler is running: the handler task is
+    cancelled, and the same channel keeps serving (a call, then a blocked call released)."""
+    future = channel.unary_unary(method("Block")).future(b"u1", timeout=CALL_TIMEOUT_S)
+    served.probe.wait("started:u1")
+    assert future.cancel()
+    assert served.probe.wait("cancelled:u1") == "CancelledError"
+    assert unary(channel, "Unary", b"after") == b"after"
+    future = channel.unary_unary(method("Block")).future(b"u2", timeout=CALL_TIMEOUT_S)
+    served.probe.wait("started:u2")
+    served.probe.release("u2")
+    assert future.result() == b"released:u2"
+
+
+def test_cancel_a_stream_in_flight(channel: grpc.Channel, served: Running) -> None:
+    """The client cancels a long server stream after one message: the generator stops
+    (its finally runs after GeneratorExit or CancelledError), and the channel keeps serving."""
+    stream = channel.unary_stream(method("StreamYield"))(
+        stream_spec(1_000_000, 1024, seed=99), timeout=CALL_TIMEOUT_S
+    )
+    assert next(stream) == stream_pattern(1, 1024, 99)
+    stream.cancel()
+    served.probe.wait("finally:stream:99")
+    assert served.probe.values["cancelled:stream:99"] in STREAM_ENDS
+    assert unary(channel, "Unary", b"after") == b"after"
+
+
+def test_cancel_a_client_stream_in_flight(served: Running) -> None:
+    """An aio client stream cancelled mid-way: the handler iterating requests ends (grpc.aio
+    ends the iterator; a CancelledError would do too)."""
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as chan:
+            call = chan.stream_unary(method("CollectIter"))(timeout=CALL_TIMEOUT_S)
+            await call.write(b"part")
+            await asyncio.to_thread(served.probe.wait, "started:collect")
+            call.cancel()
+            await asyncio.to_thread(served.probe.wait, "finally:collect")
+            assert await chan.unary_unary(method("Unary"))(b"again") == b"again"
+
+    asyncio.run(scenario())
+
+
+# -- metadata and the context ----------------------------------------------------------------------
+
+
+def handler_view(chan: grpc.Channel, **kwargs: Any) -> dict[str, Any]:
+    view: dict[str, Any] = json.loads(unary(chan, "Metadata", b"", **kwargs))
+    return view
+
+
+def test_custom_metadata_reaches_invocation_metadata(channel: grpc.Channel) -> None:
+    """ASCII and -bin metadata arrive as (key, value) pairs, -bin values as bytes, in order,
+    repeated keys kept."""
+    binary = bytes(range(256))
+    sent = (("x-custom", "hello world"), ("x-data-bin", binary), ("x-custom", "second"))
+    view = handler_view(channel, metadata=sent)
+    custom = [pair for pair in view["metadata"] if pair[0].startswith("x-")]
+    assert custom == [
+        ["x-custom", "hello world"],
+        ["x-data-bin", {"bytes": binary.hex()}],
+        ["x-custom", "second"],
+    ]
+    assert not [k for k, _ in view["metadata"] if k.startswith((":", "grpc-"))]
+    assert "content-type" not in [k for k, _ in view["metadata"]]
+
+
+def test_context_views_match_grpc_aio(channel: grpc.Channel) -> None:
+    """peer() is "ipv4:127.0.0.1:<port>", cancelled() and done() are false while the handler
+    runs, and time_remaining() is None without a deadline."""
+    view = handler_view(channel, timeout=None)
+    assert view["peer"].startswith("ipv4:127.0.0.1:"), view["peer"]
+    assert int(view["peer"].rsplit(":", 1)[1]) > 0
+    assert (view["cancelled"], view["done"]) == (False, False)
+    assert view["time_remaining"] is None
+
+
+def test_grpc_timeout_is_honoured_in_time_remaining(channel: grpc.Channel) -> None:
+    """A 30 s client deadline travels as grpc-timeout: time_remaining() is in (25, 31]."""
+    remaining = handler_view(channel, timeout=30)["time_remaining"]
+    assert 25 < remaining <= 31, remaining  # grpc-timeout rounds up
+
+
+def test_trailing_metadata_reaches_the_client(channel: grpc.Channel) -> None:
+    """set_trailing_metadata with an ASCII and a -bin key: both in the client's trailers."""
+    response, call = channel.unary_unary(method("Trailing")).with_call(b"", timeout=5)
+    assert response == b"ok"
+    trailers = [(k, v) for k, v in call.trailing_metadata() if k.startswith("x-")]
+    assert trailers == [("x-trail", "t1"), ("x-trail-bin", b"\x00\x01\xff")]
+
+
+def test_done_callback_runs_after_the_rpc(channel: grpc.Channel, served: Running) -> None:
+    """add_done_callback: the callback runs once the RPC is over, with done() true."""
+    assert unary(channel, "DoneCallback", b"") == b"ok"
+    assert served.probe.wait("done-callback") is True
+
+
+# -- robustness (raw HTTP/2) -----------------------------------------------------------------------
+
+
+def test_ping_is_answered(served: Running) -> None:
+    """A PING with 8 opaque bytes gets a PING ACK with the same bytes."""
+    conn = RawConn(served.port)
+    try:
+        conn.start()
+        conn.send(frame(PING, 0, 0, b"petra\x00\x01\x02"))
+        got, _ = conn.read_until(lambda f: f.type == PING and bool(f.flags & ACK))
+        assert got is not None and got.payload == b"petra\x00\x01\x02"
+    finally:
+        conn.close()
+
+
+def test_random_bytes_on_a_fresh_connection(served: Running) -> None:
+    """Seeded random bytes instead of a preface: the server closes that connection (after a
+    GOAWAY or not) and keeps serving."""
+    seed = random.randrange(2**32)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    for _ in range(5):
+        conn = RawConn(served.port)
+        try:
+            conn.send(b"\x00" + rng.randbytes(rng.randrange(1, 4096)))
+            conn.read_all()  # returns when the server closes; times out otherwise
+        finally:
+            conn.close()
+    assert_serving(served.port)
+
+
+def test_valid_preface_then_garbage_frames(served: Running) -> None:
+    """After a valid preface, seeded garbage: the server ends the connection (it may answer
+    first) within the deadline, and keeps serving."""
+    seed = random.randrange(2**32)
+    print(f"seed={seed}")
+    rng = random.Random(seed)
+    for _ in range(5):
+        conn = RawConn(served.port)
+        try:
+            conn.start()
+            # A frame header declaring a SETTINGS payload of a bad size, then noise.
+            conn.send(frame(SETTINGS, 0, 0, rng.randbytes(5)) + rng.randbytes(2000))
+            goaway = conn.goaway_or_close()
+            if goaway is not None:
+                assert goaway_error(goaway) != 0
+        finally:
+            conn.close()
+    assert_serving(served.port)
+
+
+def test_unknown_frame_type_is_ignored(served: Running) -> None:
+    """RFC 9113 5.5: a frame of an unknown type is ignored; a PING after it is answered."""
+    conn = RawConn(served.port)
+    try:
+        conn.start()
+        conn.send(frame(0xFA, 0xFF, 0, b"whatever") + frame(PING, 0, 0, b"12345678"))
+        got, seen = conn.read_until(lambda f: f.type in (PING, GOAWAY) and f.type != SETTINGS)
+        assert got is not None and got.type == PING and got.payload == b"12345678", seen
+    finally:
+        conn.close()
+
+
+def after_violation(port: int, frames: bytes) -> tuple[bool, list[Frame]]:
+    """Sends `frames` after a valid preface, then a PING. Returns whether the server ended
+    the connection (GOAWAY or close) rather than answering the PING, and every frame seen.
+    grpc.aio ignores some violations RFC 9113 calls connection errors; both are accepted,
+    but a connection that stays must stay usable."""
+    conn = RawConn(port)
+    try:
+        conn.start()
+        conn.send(frames + frame(PING, 0, 0, b"after!!!"))
+        got, seen = conn.read_until(
+            lambda f: f.type == GOAWAY or (f.type == PING and f.payload == b"after!!!")
+        )
+    finally:
+        conn.close()
+    ended = got is None or got.type == GOAWAY
+    if got is not None and got.type == GOAWAY:
+        assert goaway_error(got) in CONNECTION_ERRORS, got
+    return ended, seen
+
+
+CONNECTION_ERRORS = (PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, STREAM_CLOSED)
+
+
+def answered(seen: list[Frame], stream_id: int) -> list[Frame]:
+    return [f for f in seen if f.stream_id == stream_id and f.type in (HEADERS, DATA)]
+
+
+def test_headers_on_an_even_stream_id_is_refused(served: Running) -> None:
+    """A client HEADERS frame on stream 2 is never served (a connection error, or ignored as
+    grpc.aio does); the server keeps serving."""
+    block = hpack_literal(request_headers(served.port, method("Unary")))
+    _, seen = after_violation(served.port, frame(HEADERS, END_HEADERS | END_STREAM, 2, block))
+    assert not answered(seen, 2), seen
+    assert_serving(served.port)
+
+
+def test_data_on_an_unopened_stream_is_refused(served: Running) -> None:
+    """A DATA frame on idle stream 7 is never served; the server keeps serving."""
+    _, seen = after_violation(served.port, frame(DATA, END_STREAM, 7, grpc_message(b"x")))
+    assert not answered(seen, 7), seen
+    assert_serving(served.port)
+
+
+def test_connection_window_update_of_zero_ends_the_connection(served: Running) -> None:
+    """WINDOW_UPDATE of 0 on the connection is a connection error (RFC 9113 6.9): GOAWAY
+    PROTOCOL_ERROR or a close, as grpc.aio does; the server keeps serving."""
+    ended, seen = after_violation(served.port, frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 0)))
+    assert ended, seen
+    assert_serving(served.port)
+
+
+def test_stream_window_update_of_zero_ends_the_stream(served: Running) -> None:
+    """WINDOW_UPDATE of 0 on an open stream: that stream ends (RST_STREAM or trailers; grpc.aio
+    sends UNAVAILABLE trailers and a RST_STREAM) or the whole connection does; the server
+    keeps serving."""
+    block = hpack_literal(request_headers(served.port, method("CollectIter")))
+    frames = frame(HEADERS, END_HEADERS, 1, block) + frame(WINDOW_UPDATE, 0, 1, bytes(4))
+    ended, seen = after_violation(served.port, frames)
+    stream_ended = [
+        f for f in seen if f.stream_id == 1 and (f.type == RST_STREAM or f.flags & END_STREAM)
+    ]
+    assert ended or stream_ended, seen
+    assert_serving(served.port)
+
+
+def test_raw_unary_call(served: Running) -> None:
+    """A whole unary call by hand (literal HPACK, our own framing): the response DATA holds
+    the echoed gRPC message and the stream ends (trailers with END_STREAM)."""
+    conn = RawConn(served.port)
+    try:
+        conn.start()
+        block = hpack_literal(request_headers(served.port, method("Unary")))
+        conn.send(frame(HEADERS, END_HEADERS, 1, block))
+        conn.send(frame(DATA, END_STREAM, 1, grpc_message(b"raw")))
+        got, seen = conn.read_until(lambda f: f.stream_id == 1 and bool(f.flags & END_STREAM))
+        assert got is not None and got.type == HEADERS, seen
+        body = b"".join(f.payload for f in seen if f.type == DATA and f.stream_id == 1)
+        assert body == grpc_message(b"raw")
+    finally:
+        conn.close()
+
+
+def test_client_vanishes_mid_request(served: Running) -> None:
+    """A client sends half of a client stream's message and closes the socket: the handler
+    iterating requests ends (its finally runs) and the server keeps serving."""
+    conn = RawConn(served.port)
+    try:
+        conn.start()
+        block = hpack_literal(request_headers(served.port, method("CollectIter")))
+        conn.send(frame(HEADERS, END_HEADERS, 1, block))
+        conn.send(frame(DATA, 0, 1, grpc_message(b"whole")))
+        served.probe.wait("started:collect")
+        conn.send(frame(DATA, 0, 1, grpc_message(b"half of it")[:7]))
+    finally:
+        conn.close()
+    served.probe.wait("finally:collect")
+    assert_serving(served.port)
+
+
+def test_client_vanishes_mid_stream(served: Running) -> None:
+    """A client reads part of a long server stream and closes the socket: the generator
+    stops and the server keeps serving."""
+    conn = RawConn(served.port)
+    try:
+        conn.start()
+        block = hpack_literal(request_headers(served.port, method("StreamYield")))
+        conn.send(frame(HEADERS, END_HEADERS, 1, block))
+        conn.send(frame(DATA, END_STREAM, 1, grpc_message(stream_spec(100_000, 1000, 5))))
+        got, _ = conn.read_until(lambda f: f.type == DATA and f.stream_id == 1)
+        assert got is not None
+    finally:
+        conn.close()
+    served.probe.wait("finally:stream:5")
+    assert served.probe.values["cancelled:stream:5"] in STREAM_ENDS
+    assert_serving(served.port)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_1000_connections_opened_and_closed(served: Running) -> None:
+    """1,000 connections (half send a preface, half nothing) open and close: the server
+    keeps serving and its file descriptors come back (no leak)."""
+    assert_serving(served.port)
+    baseline = open_fds()
+    for i in range(1000):
+        sock = socket.create_connection(("127.0.0.1", served.port), timeout=10)
+        if i % 2:
+            sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
+        sock.close()
+    assert_serving(served.port)
+    wait_until(lambda: open_fds() <= baseline + 4, 10, f"fds back to {baseline}")
+
+
+# -- HTTP/1.1 on the same port (petra only) --------------------------------------------------------
+
+
+def test_http1_on_the_same_port(loop: LoopThread) -> None:
+    """`GET /health HTTP/1.1` gets exactly the bytes the http1 callback returned (it got the
+    head up to and including the blank line), the connection closes, and gRPC still works on
+    the same port, also after a gRPC connection first."""
+    heads: list[bytes] = []
+    reply = b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"health":"true"}'
+
+    async def http1(head: bytes) -> bytes:
+        heads.append(head)
+        return reply
+
+    running = start_server("petra", loop, http1=http1)
+    try:
+        assert_serving(running.port)
+        for path in ("/health", "/metrics"):
+            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: t\r\n\r\n".encode()
+            conn = RawConn(running.port)
+            try:
+                conn.send(head)
+                assert conn.read_all() == reply
+            finally:
+                conn.close()
+            assert heads[-1] == head
+        assert_serving(running.port)
+    finally:
+        running.stop(0)
+
+
+# -- callbacks (petra only) ------------------------------------------------------------------------
+
+
+def test_on_request_and_on_unary_done(loop: LoopThread) -> None:
+    """on_request is called once per RPC with its path (also for unknown methods and
+    streams); on_unary_done once per unary RPC with a duration within the call's."""
+    requests: list[str] = []
+    dones: list[tuple[str, float]] = []
+    running = start_server(
+        "petra", loop, on_request=requests.append, on_unary_done=lambda p, s: dones.append((p, s))
+    )
+    try:
+        with open_channel(running.port) as chan:
+            started = time.monotonic()
+            assert unary(chan, "Unary", b"1") == b"1"
+            elapsed_s = time.monotonic() - started
+            list(chan.unary_stream(method("StreamWrite"))(stream_spec(2, 1, 1), timeout=5))
+            rpc_error(lambda: unary(chan, "Raise", b""))
+        wait_until(lambda: len(dones) == 2, 5, "two unary completions")
+        assert requests == [method("Unary"), method("StreamWrite"), method("Raise")]
+        assert [p for p, _ in dones] == [method("Unary"), method("Raise")]
+        assert 0 <= dones[0][1] <= elapsed_s
+    finally:
+        running.stop(0)
+
+
+# -- stop(grace) -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stop_lets_an_in_flight_call_finish_within_the_grace(loop: LoopThread, kind: str) -> None:
+    """A unary call in flight when stop(5) starts completes (released after stop began);
+    once stop returns, new connections are refused."""
+    running = start_server(kind, loop)
+    with open_channel(running.port) as chan:
+        future = chan.unary_unary(method("Block")).future(b"g", timeout=CALL_TIMEOUT_S)
+        running.probe.wait("started:g")
+        stopping = loop.submit(running.server.stop(5))
+        # The stop is under way (the listener closes first) before the handler is released.
+        wait_until(lambda: not_accepting(running.port), 5, "new connections to be turned away")
+        running.probe.release("g")
+        assert future.result() == b"released:g"
+        stopping.result(10)
+    assert refused(running.port)
+    loop.run(running.server.wait_for_termination())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stop_cancels_calls_that_outlive_the_grace(loop: LoopThread, kind: str) -> None:
+    """A call still running when the 200 ms grace ends is cancelled: its handler sees
+    CancelledError and the client gets an error (not a hang)."""
+    running = start_server(kind, loop)
+    with open_channel(running.port) as chan:
+        future = chan.unary_unary(method("Block")).future(b"h", timeout=CALL_TIMEOUT_S)
+        running.probe.wait("started:h")
+        loop.run(running.server.stop(0.2))
+        assert running.probe.wait("cancelled:h") == "CancelledError"
+        with pytest.raises(grpc.RpcError) as caught:
+            future.result(10)
+        assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+def test_stop_sends_goaway_to_an_idle_connection(served: Running) -> None:
+    """An idle HTTP/2 connection gets a GOAWAY when the server stops."""
+    conn = RawConn(served.port)
+    try:
+        conn.start()
+        conn.send(frame(PING, 0, 0, b"12345678"))
+        assert conn.read_until(lambda f: f.type == PING)[0] is not None
+        stopping = served.loop.submit(served.server.stop(1))
+        assert conn.goaway_or_close() is not None
+        stopping.result(10)
+    finally:
+        conn.close()
+
+
+def refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def not_accepting(port: int) -> bool:
+    """A new connection is refused, reset or closed before the server's SETTINGS."""
+    try:
+        conn = RawConn(port, timeout_s=5)
+    except ConnectionRefusedError:
+        return True
+    try:
+        conn.start()
+        return conn.read_frame() is None
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        conn.close()
+
+
+# -- a server in a child process -------------------------------------------------------------------
+
+
+def test_server_in_a_subprocess() -> None:
+    """petra's server in its own process: calls of the four kinds work, and closing its
+    stdin stops it cleanly (exit 0, port refused)."""
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.wire_harness", "--kind", "petra"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        port = int(child.stdout.readline())
+        with open_channel(port) as chan:
+            assert unary(chan, "Unary", b"child") == b"child"
+            spec = stream_spec(50, 1000, 3)
+            got = chan.unary_stream(method("StreamWrite"))(spec, timeout=10)
+            assert b"".join(got) == stream_pattern(50, 1000, 3)
+            kv = rpc_pb2_grpc.KVStub(chan)
+            assert kv.Put(rpc_pb2.PutRequest(key=b"a"), timeout=10).header.revision == 2
+        child.stdin.close()
+        assert child.wait(20) == 0
+        assert child.stdout.read().strip() == "stopped"
+        assert refused(port)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
