@@ -334,6 +334,7 @@ async def _build(
     kind: str,
     probe: Probe,
     max_receive_bytes: int,
+    max_send_bytes: int,
     on_request: Callable[[str], None] | None,
     on_unary_done: Callable[[str, float], None] | None,
     http1: Callable[[bytes], Awaitable[bytes]] | None,
@@ -342,7 +343,7 @@ async def _build(
         assert on_request is None and on_unary_done is None and http1 is None, "petra only"
         options = [
             ("grpc.max_receive_message_length", max_receive_bytes),
-            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.max_send_message_length", max_send_bytes),
         ]
         server: Any = grpc.aio.server(options=options)
     else:
@@ -350,7 +351,7 @@ async def _build(
 
         server = Server(
             max_receive_message_length=max_receive_bytes,
-            max_send_message_length=2**31 - 1,
+            max_send_message_length=max_send_bytes,
             on_request=on_request,
             on_unary_done=on_unary_done,
             http1=http1,
@@ -368,6 +369,7 @@ def start_server(
     kind: str,
     loop: LoopThread,
     max_receive_bytes: int = 4 * 1024 * 1024,
+    max_send_bytes: int = 2**31 - 1,
     on_request: Callable[[str], None] | None = None,
     on_unary_done: Callable[[str, float], None] | None = None,
     http1: Callable[[bytes], Awaitable[bytes]] | None = None,
@@ -375,7 +377,7 @@ def start_server(
     """Builds and starts a server of `kind` ("aio" or "petra") on `loop`."""
     probe = Probe(loop.loop)
     server, port = loop.run(
-        _build(kind, probe, max_receive_bytes, on_request, on_unary_done, http1)
+        _build(kind, probe, max_receive_bytes, max_send_bytes, on_request, on_unary_done, http1)
     )
     return Running(kind, server, port, probe, loop)
 
@@ -385,7 +387,8 @@ def start_server(
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE = range(9)
 CONTINUATION = 9
-END_STREAM, ACK, END_HEADERS = 0x1, 0x1, 0x4
+END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
+SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED, FRAME_SIZE_ERROR = 0x1, 0x3, 0x5, 0x6
 FRAME_HEAD = struct.Struct(">HBBBI")  # length as 16 + 8 bits, type, flags, stream id
 
@@ -401,6 +404,15 @@ class Frame:
 def frame(type_: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
     length = len(payload)
     return FRAME_HEAD.pack(length >> 8, length & 0xFF, type_, flags, stream_id) + payload
+
+
+def data_frames(stream_id: int, payload: bytes, end_stream: bool = True) -> bytes:
+    """`payload` as DATA frames of at most the default 16,384 bytes (the caller keeps within
+    the peer's flow-control windows: 65,535 bytes until it sends WINDOW_UPDATE)."""
+    chunks = [payload[i : i + 16384] for i in range(0, len(payload), 16384)] or [b""]
+    frames = [frame(DATA, 0, stream_id, chunk) for chunk in chunks[:-1]]
+    frames.append(frame(DATA, END_STREAM if end_stream else 0, stream_id, chunks[-1]))
+    return b"".join(frames)
 
 
 def _hpack_int(value: int, prefix_bits: int, first: int = 0) -> bytes:
