@@ -184,6 +184,19 @@ def test_etcd_protobufs_through_generated_stubs(channel: grpc.Channel) -> None:
     assert [(r.watch_id, r.created) for r in replies] == [(1, True), (5, True), (9, True)]
 
 
+def test_gzip_compressed_requests(served: Running) -> None:
+    """A channel compressing with gzip (grpc-encoding: gzip, compressed flag set on each
+    message): unary and streamed requests are decompressed before the handler sees them."""
+    body = b"compress me " * 5000
+    with grpc.insecure_channel(
+        f"127.0.0.1:{served.port}", compression=grpc.Compression.Gzip
+    ) as chan:
+        assert unary(chan, "Unary", body) == body
+        parts = [body[:10], body, b""]
+        got = chan.stream_unary(method("CollectIter"))(iter(parts), timeout=CALL_TIMEOUT_S)
+        assert got == b"".join(parts)
+
+
 def test_many_sequential_calls_on_one_channel(channel: grpc.Channel) -> None:
     """500 unary calls one after another on one channel (one HTTP/2 connection, stream ids
     climbing) each get their own answer."""
@@ -1089,6 +1102,34 @@ def refused(port: int) -> bool:
     except ConnectionRefusedError:
         return True
     return False
+
+
+# -- the Go client: etcdctl --------------------------------------------------------------------
+
+
+def run_etcdctl(port: int, *args: str) -> str:
+    done = subprocess.run(
+        ["etcdctl", f"--endpoints=127.0.0.1:{port}", "--command-timeout=10s", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, ETCDCTL_API="3"),
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_etcdctl_put_and_get(served: Running) -> None:
+    """The real etcdctl (grpc-go, Go's HPACK with Huffman, its own flow control) against the
+    KV servicer: put prints OK, get prints key and value, also for a 100 KB value (a request
+    and a response of several frames and over Go's 64 KiB initial window)."""
+    big = pattern(100, 50_000).hex()
+    assert run_etcdctl(served.port, "put", "greeting", "hello") == "OK\n"
+    assert run_etcdctl(served.port, "put", "big", big) == "OK\n"
+    assert run_etcdctl(served.port, "get", "greeting") == "greeting\nhello\n"
+    assert run_etcdctl(served.port, "get", "big") == f"big\n{big}\n"
+    got = json.loads(run_etcdctl(served.port, "get", "greeting", "-w", "json"))
+    assert got["header"]["revision"] == 3 and got["count"] == 1
 
 
 # -- a server in a child process -------------------------------------------------------------------
