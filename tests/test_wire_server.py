@@ -16,6 +16,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -1195,6 +1196,39 @@ def test_stop_cancels_calls_that_outlive_the_grace(loop: LoopThread, kind: str) 
         with pytest.raises(grpc.RpcError) as caught:
             future.result(10)
         assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+
+def hammer(port: int, stopped: threading.Event, connects: list[int]) -> None:
+    """Opens and closes connections to `port` until `stopped`; counts the ones accepted."""
+    while not stopped.is_set():
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            connects[0] += 1
+        except OSError:
+            pass
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_stop_while_clients_keep_connecting(loop: LoopThread, kind: str) -> None:
+    """stop(0) while a thread keeps opening connections (so some are accepted in the very
+    loop iteration the listener closes): each of 10 stops returns cleanly, termination
+    follows, and the port is refused after."""
+    for attempt in range(10):
+        running = start_server(kind, loop)
+        connects = [0]
+        stopped = threading.Event()
+        thread = threading.Thread(
+            target=hammer, args=(running.port, stopped, connects), daemon=True
+        )
+        thread.start()
+        try:
+            wait_until(lambda: connects[0] >= 20, 10, "the hammer to connect")
+            loop.run(running.server.stop(0), timeout_s=10)
+            loop.run(running.server.wait_for_termination(), timeout_s=10)
+        finally:
+            stopped.set()
+            thread.join(10)
+        assert refused(running.port), f"attempt {attempt}"
 
 
 def test_stop_sends_goaway_to_an_idle_connection(served: Running) -> None:
