@@ -1222,7 +1222,7 @@ def test_stop_while_clients_keep_connecting(loop: LoopThread, kind: str) -> None
         )
         thread.start()
         try:
-            wait_until(lambda: connects[0] >= 20, 10, "the hammer to connect")
+            wait_until(lambda c=connects: c[0] >= 20, 10, "the hammer to connect")
             loop.run(running.server.stop(0), timeout_s=10)
             loop.run(running.server.wait_for_termination(), timeout_s=10)
         finally:
