@@ -361,6 +361,109 @@ def test_handler_exception_is_unknown_with_grpc_aio_text(channel: grpc.Channel) 
     assert unary(channel, "Unary", b"ok") == b"ok"
 
 
+@pytest.mark.parametrize("how", ["abort", "raise"])
+def test_a_stream_that_fails_after_two_messages(channel: grpc.Channel, how: str) -> None:
+    """A server stream yields two messages then aborts (DATA_LOSS, with trailing metadata)
+    or raises: the client gets both messages, then that status, as grpc.aio gives it."""
+    stream = channel.unary_stream(method("StreamThenFail"))(how.encode(), timeout=5)
+    assert [next(stream), next(stream)] == [b"one", b"two"]
+    with pytest.raises(grpc.RpcError) as caught:
+        next(stream)
+    if how == "abort":
+        assert status(caught.value) == (grpc.StatusCode.DATA_LOSS, "after two")
+        trailers = [(k, v) for k, v in caught.value.trailing_metadata() if k.startswith("x-")]
+        assert trailers == [("x-why", "stopped")]
+    else:
+        expected = (grpc.StatusCode.UNKNOWN, "Unexpected <class 'ValueError'>: mid-stream")
+        assert status(caught.value) == expected
+
+
+def test_abort_with_trailing_metadata(channel: grpc.Channel) -> None:
+    """abort(code, details, trailing_metadata): the client's error carries the trailers."""
+    error = rpc_error(lambda: unary(channel, "AbortWithTrailers", b""))
+    assert status(error) == (grpc.StatusCode.ABORTED, "with trailers")
+    trailers = [(k, v) for k, v in error.trailing_metadata() if k.startswith("x-")]
+    assert trailers == [("x-reason", "r1"), ("x-r-bin", b"\x07")]
+
+
+def test_bidi_handler_that_returns_early(channel: grpc.Channel) -> None:
+    """A bidi handler answering the first request and returning while the client still
+    sends: the client gets that answer and OK; the channel keeps working."""
+    requests = iter([b"a", b"b", b"c" * 100_000, b"d"])
+    call = channel.stream_stream(method("EarlyBidi"))(requests, timeout=5)
+    assert list(call) == [b"first:a"]
+    assert call.code() == grpc.StatusCode.OK
+    assert unary(channel, "Unary", b"ok") == b"ok"
+
+
+@pytest.mark.parametrize("name", ["BadSerialize", "BadDeserialize"])
+def test_serializer_failures_as_grpc_aio(loop: LoopThread, name: str) -> None:
+    """A response serializer or request deserializer that raises: the code and text grpc.aio
+    gives, measured against it in the same test."""
+    seen = {}
+    for kind in KINDS:
+        running = start_server(kind, loop)
+        try:
+            with open_channel(running.port) as chan:
+                seen[kind] = status(rpc_error(lambda c=chan: unary(c, name, b"x")))
+                assert unary(chan, "Unary", b"ok") == b"ok"
+        finally:
+            running.stop(0)
+    assert seen["petra"] == seen["aio"]
+
+
+def test_protobuf_garbage_to_etcd_put_as_grpc_aio(loop: LoopThread) -> None:
+    """Bytes that are not a PutRequest sent to etcdserverpb.KV/Put: the same code and text as
+    grpc.aio's server gives."""
+    seen = {}
+    for kind in KINDS:
+        running = start_server(kind, loop)
+        try:
+            with open_channel(running.port) as chan:
+                put = chan.unary_unary("/etcdserverpb.KV/Put")
+                seen[kind] = status(rpc_error(lambda p=put: p(b"\xff\xff\xff", timeout=5)))
+        finally:
+            running.stop(0)
+    assert seen["petra"] == seen["aio"]
+
+
+def test_deadline_on_a_server_stream(channel: grpc.Channel, served: Running) -> None:
+    """A server stream outliving its 300 ms deadline: DEADLINE_EXCEEDED after the messages
+    sent so far, and the generator stops."""
+    stream = channel.unary_stream(method("StreamYield"))(
+        stream_spec(10_000_000, 16, seed=31), timeout=0.3
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        for _ in stream:
+            pass
+    # The client words it so when the deadline strikes while it reads a stream.
+    expected = (grpc.StatusCode.DEADLINE_EXCEEDED, "Stream removed (Deadline Exceeded)")
+    assert status(caught.value) == expected
+    served.probe.wait("finally:stream:31")
+
+
+def test_1000_calls_in_flight_on_one_connection(served: Running) -> None:
+    """1,000 unary calls blocked in their handlers at once on one channel, then released:
+    all complete with their own answers."""
+
+    async def scenario() -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}") as chan:
+            block = chan.unary_unary(method("Block"))
+            calls = [block(b"many%d" % i, timeout=60) for i in range(1000)]
+            waiting = asyncio.gather(*calls)
+            await asyncio.to_thread(
+                wait_until,
+                lambda: all(served.probe.seen(f"started:many{i}") for i in range(1000)),
+                30,
+                "1,000 handlers to start",
+            )
+            for i in range(1000):
+                served.probe.release(f"many{i}")
+            assert await waiting == [b"released:many%d" % i for i in range(1000)]
+
+    asyncio.run(scenario())
+
+
 def test_set_code_and_details_without_abort(channel: grpc.Channel) -> None:
     """set_code(NOT_FOUND) and set_details() then a normal return: the client sees them."""
     error = rpc_error(lambda: unary(channel, "SetCode", b""))

@@ -238,6 +238,32 @@ class EchoService:
     async def raise_value_error(self, request: bytes, context: Any) -> bytes:
         raise ValueError("boom")
 
+    async def stream_then_fail(self, request: bytes, context: Any) -> AsyncIterator[bytes]:
+        """Yields two messages, then aborts (request b"abort") or raises ValueError."""
+        yield b"one"
+        yield b"two"
+        if request == b"abort":
+            context.set_trailing_metadata((("x-why", "stopped"),))
+            await context.abort(grpc.StatusCode.DATA_LOSS, "after two")
+        raise ValueError("mid-stream")
+
+    async def abort_with_trailers(self, request: bytes, context: Any) -> bytes:
+        await context.abort(
+            grpc.StatusCode.ABORTED, "with trailers", (("x-reason", "r1"), ("x-r-bin", b"\x07"))
+        )
+        raise AssertionError("abort returned")
+
+    async def early_bidi(
+        self, requests: AsyncIterator[bytes], context: Any
+    ) -> AsyncIterator[bytes]:
+        """Answers the first request and returns without reading the rest."""
+        async for part in requests:
+            yield b"first:" + part
+            return
+
+    async def wrong_type(self, request: bytes, context: Any) -> Any:
+        return "not bytes"
+
     async def metadata(self, request: bytes, context: Any) -> bytes:
         def show(value: str | bytes) -> Any:
             return {"bytes": value.hex()} if isinstance(value, bytes) else value
@@ -278,12 +304,25 @@ class EchoService:
             "BidiRW": grpc.stream_stream_rpc_method_handler(self.bidi_rw),
             "Abort": unary(self.abort),
             "Raise": unary(self.raise_value_error),
+            "StreamThenFail": grpc.unary_stream_rpc_method_handler(self.stream_then_fail),
+            "AbortWithTrailers": unary(self.abort_with_trailers),
+            "EarlyBidi": grpc.stream_stream_rpc_method_handler(self.early_bidi),
+            "BadSerialize": unary(self.wrong_type, response_serializer=_fail_serialize),
+            "BadDeserialize": unary(self.unary, request_deserializer=_fail_deserialize),
             "Metadata": unary(self.metadata),
             "Trailing": unary(self.trailing),
             "SetCode": unary(self.set_code),
             "DoneCallback": unary(self.done_callback),
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+
+def _fail_serialize(message: Any) -> bytes:
+    raise TypeError("cannot serialize")
+
+
+def _fail_deserialize(data: bytes) -> Any:
+    raise ValueError("cannot parse")
 
 
 class KVServicer(rpc_pb2_grpc.KVServicer):
