@@ -77,6 +77,10 @@ class LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        # What the loop would otherwise only log: exceptions nobody retrieved, callbacks that
+        # raised. A server that leaks these has a bug even if its clients see nothing.
+        self.errors: list[dict[str, Any]] = []
+        self.loop.set_exception_handler(lambda loop, context: self.errors.append(context))
         self._thread = threading.Thread(target=self._main, name="wire-server-loop", daemon=True)
         self._thread.start()
 
