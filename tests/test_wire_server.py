@@ -363,6 +363,28 @@ def test_unknown_method_or_service_is_unimplemented(channel: grpc.Channel, path:
     assert unary(channel, "Unary", b"ok") == b"ok"
 
 
+def test_a_path_that_is_not_utf8_is_refused_and_serving_goes_on(petra: Running) -> None:
+    """A request whose :path has a byte that is not UTF-8: the stream ends with an error
+    status (no DATA) and the server keeps serving. Petra only: grpc.aio 1.85's server answers
+    CANCELLED, its serving task dies of UnicodeDecodeError and it refuses every later
+    connection (one request takes down a grpc.aio-based petra's client port)."""
+    block = bytearray(hpack_literal(request_headers(petra.port, method("Unary"))))
+    block[block.find(b"wiretest") + 1] = 0xFF
+    conn = RawConn(petra.port)
+    try:
+        conn.start()
+        conn.send(frame(HEADERS, END_HEADERS, 1, bytes(block)))
+        conn.send(frame(DATA, END_STREAM, 1, grpc_message(b"x")))
+        got, seen = conn.read_until(
+            lambda f: f.stream_id == 1 and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
+        )
+        assert got is not None, seen
+        assert not [f for f in seen if f.type == DATA], seen
+    finally:
+        conn.close()
+    assert_serving(petra.port)
+
+
 def test_handler_exception_is_unknown_with_grpc_aio_text(channel: grpc.Channel) -> None:
     """A handler raising ValueError("boom"): UNKNOWN "Unexpected <class 'ValueError'>: boom"."""
     error = rpc_error(lambda: unary(channel, "Raise", b""))
