@@ -1339,6 +1339,31 @@ def test_http1_garbage_without_a_head_end_is_dropped(loop: LoopThread) -> None:
         running.stop(0)
 
 
+def test_http1_callback_failure_is_a_500(loop: LoopThread) -> None:
+    """An http1 callback that raises: the client gets an HTTP 500 and the connection closes;
+    the server keeps serving both HTTP/1 and gRPC."""
+    calls: list[bytes] = []
+
+    async def http1(head: bytes) -> bytes:
+        calls.append(head)
+        if len(calls) == 1:
+            raise RuntimeError("callback bug")
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+    running = start_server("petra", loop, http1=http1)
+    try:
+        for expected in (b"HTTP/1.1 500 ", b"HTTP/1.1 200 "):
+            conn = RawConn(running.port)
+            try:
+                conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert conn.read_all().startswith(expected)
+            finally:
+                conn.close()
+        assert_serving(running.port)
+    finally:
+        running.stop(0)
+
+
 # -- callbacks (petra only) ------------------------------------------------------------------------
 
 
@@ -1466,7 +1491,7 @@ def refused(port: int) -> bool:
 # -- the Go client: etcdctl --------------------------------------------------------------------
 
 
-def run_etcdctl(port: int, *args: str) -> str:
+def run_etcdctl(port: int, *args: str, check: bool = True) -> str:
     done = subprocess.run(
         ["etcdctl", f"--endpoints=127.0.0.1:{port}", "--command-timeout=10s", *args],
         capture_output=True,
@@ -1474,8 +1499,8 @@ def run_etcdctl(port: int, *args: str) -> str:
         timeout=30,
         env=dict(os.environ, ETCDCTL_API="3"),
     )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+    assert (done.returncode == 0) == check, done.stderr
+    return done.stdout if check else done.stderr
 
 
 def test_etcdctl_put_and_get(served: Running) -> None:
@@ -1489,6 +1514,14 @@ def test_etcdctl_put_and_get(served: Running) -> None:
     assert run_etcdctl(served.port, "get", "big") == f"big\n{big}\n"
     got = json.loads(run_etcdctl(served.port, "get", "greeting", "-w", "json"))
     assert got["header"]["revision"] == 3 and got["count"] == 1
+
+
+def test_etcdctl_sees_error_details_decoded(served: Running) -> None:
+    """An abort with '%', non-ASCII and spaces in its details reaches the Go client decoded
+    (grpc-go percent-decodes grpc-message) with its code."""
+    details = "etcdserver: 100% nicht gefunden ✓"
+    stderr = run_etcdctl(served.port, "get", f"abort:{details}", check=False)
+    assert f"code = NotFound desc = {details}" in stderr, stderr
 
 
 # -- a server in a child process -------------------------------------------------------------------

@@ -343,6 +343,8 @@ class KVServicer(rpc_pb2_grpc.KVServicer):
 
     async def Range(self, request: rpc_pb2.RangeRequest, context: Any) -> rpc_pb2.RangeResponse:  # noqa: N802
         header = rpc_pb2.ResponseHeader(revision=self.revision)
+        if request.key.startswith(b"abort:"):
+            await context.abort(grpc.StatusCode.NOT_FOUND, request.key[6:].decode())
         if request.key not in self.data:
             return rpc_pb2.RangeResponse(header=header)
         kv = kv_pb2.KeyValue(key=request.key, value=self.data[request.key])
