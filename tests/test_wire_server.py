@@ -901,17 +901,37 @@ def test_raw_messages_split_and_joined_across_data_frames(served: Running) -> No
         conn.close()
 
 
-def test_raw_small_stream_window_and_frame_size_are_respected(served: Running) -> None:
+def stream_messages(count: int, size_bytes: int, seed: int) -> bytes:
+    """The gRPC-framed DATA bytes of a stream of `stream_spec(count, size_bytes, seed)`."""
+    rng = random.Random(seed)
+    return b"".join(grpc_message(rng.randbytes(size_bytes)) for _ in range(count))
+
+
+SMALL_WINDOW_CASES = {
+    # name: (method, request, the response DATA expected)
+    "unary-40000": ("Unary", pattern(3, 40_000), grpc_message(pattern(3, 40_000))),
+    "unary-1000": ("Unary", pattern(4, 1000), grpc_message(pattern(4, 1000))),
+    "stream-5x300": (
+        "StreamWrite",
+        stream_spec(5, 300, 6),
+        stream_messages(5, 300, 6),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SMALL_WINDOW_CASES)
+def test_raw_small_stream_window_and_frame_size_are_respected(served: Running, case: str) -> None:
     """A client advertising a 100-byte stream window: the server's response DATA never goes
     past the window it was given, resumes on each WINDOW_UPDATE, and no DATA frame is over the
-    default 16,384-byte frame size; the content arrives intact."""
-    body_bytes, window_bytes = 40_000, 100
-    request = pattern(3, body_bytes)
+    default 16,384-byte frame size; the content arrives intact. Responses above and below the
+    frame size, and a stream of small messages, each take their own send path."""
+    name, request, expected = SMALL_WINDOW_CASES[case]
+    window_bytes = 100
     conn = RawConn(served.port)
     try:
         settings = struct.pack(">HI", SETTINGS_INITIAL_WINDOW_SIZE, window_bytes)
         conn.send(PREFACE + frame(SETTINGS, 0, 0, settings))
-        block = hpack_literal(request_headers(served.port, method("Unary")))
+        block = hpack_literal(request_headers(served.port, method(name)))
         conn.send(frame(HEADERS, END_HEADERS, 1, block))
         conn.send(data_frames(1, grpc_message(request)))
         granted, received = window_bytes, bytearray()
@@ -933,7 +953,7 @@ def test_raw_small_stream_window_and_frame_size_are_respected(served: Running) -
                     granted += increment
             if got.flags & END_STREAM:
                 break
-        assert bytes(received) == grpc_message(request)
+        assert bytes(received) == expected
     finally:
         conn.close()
 
@@ -971,8 +991,7 @@ def test_raw_connection_window_is_respected(served: Running) -> None:
                 ended.add(got.stream_id)
         assert granted > 65535, "the test never reached the connection window"
         for stream_id in (1, 3):
-            rng = random.Random(stream_id)
-            expected = b"".join(grpc_message(rng.randbytes(size_bytes)) for _ in range(count))
+            expected = stream_messages(count, size_bytes, stream_id)
             assert bytes(received[stream_id]) == expected
     finally:
         conn.close()
@@ -1457,16 +1476,26 @@ def test_stop_while_clients_keep_connecting(loop: LoopThread, kind: str) -> None
         assert refused(running.port), f"attempt {attempt}"
 
 
-def test_stop_sends_goaway_to_an_idle_connection(served: Running) -> None:
-    """An idle HTTP/2 connection gets a GOAWAY when the server stops."""
+def test_stop_sends_goaway_at_once_while_a_call_runs(served: Running) -> None:
+    """stop(5) with a call in flight on one connection: another, idle connection gets its
+    GOAWAY (NO_ERROR) while that call still runs, not only when the grace ends; the call
+    then completes."""
     conn = RawConn(served.port)
     try:
         conn.start()
         conn.send(frame(PING, 0, 0, b"12345678"))
         assert conn.read_until(lambda f: f.type == PING)[0] is not None
-        stopping = served.loop.submit(served.server.stop(1))
-        assert conn.goaway_or_close() is not None
-        stopping.result(10)
+        with open_channel(served.port) as chan:
+            future = chan.unary_unary(method("Block")).future(b"ga", timeout=CALL_TIMEOUT_S)
+            served.probe.wait("started:ga")
+            stopping = served.loop.run(begin_stop(served.server, 5))
+            goaway = conn.goaway_or_close()
+            assert goaway is not None and goaway_error(goaway) == 0, goaway
+            conn.close()  # grpc.aio's stop waits for idle connections to go
+            assert not future.done()
+            served.probe.release("ga")
+            assert future.result() == b"released:ga"
+            served.loop.run(asyncio.wait_for(stopping, 10))
     finally:
         conn.close()
 

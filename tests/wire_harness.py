@@ -537,12 +537,15 @@ class RawConn:
         return Frame(type_, flags, stream_id & 0x7FFFFFFF, payload)
 
     def read_until(self, predicate: Callable[[Frame], bool]) -> tuple[Frame | None, list[Frame]]:
-        """Reads (ACKing the server's SETTINGS) until a frame matches or the server closes."""
+        """Reads (ACKing the server's SETTINGS and PINGs) until a frame matches or the server
+        closes."""
         seen = []
         while (got := self.read_frame()) is not None:
             seen.append(got)
             if got.type == SETTINGS and not got.flags & ACK:
                 self.send(frame(SETTINGS, ACK, 0))
+            elif got.type == PING and not got.flags & ACK:
+                self.send(frame(PING, ACK, 0, got.payload))
             if predicate(got):
                 return got, seen
         return None, seen
