@@ -534,3 +534,41 @@ def test_grpcio_client_headers_decode() -> None:
     assert fields[b":method"] == b"POST"
     assert fields[b"te"] == b"trailers"
     assert all(name == name.lower() for name, _ in headers)
+
+
+# ---------------------------------------------------------------------------------------------
+# The decoder's cache of blocks that left the table unchanged
+
+
+def test_unchanged_block_cache_sees_table_changes() -> None:
+    """A cached indexed-only block decodes against the new table once the table changes."""
+    decoder = Decoder()
+    decoder.decode(_literal(b"k", b"old"))
+    assert decoder.decode(H("be")) == [(b"k", b"old")]
+    assert decoder.decode(H("be")) == [(b"k", b"old")]  # now served from the cache
+    decoder.decode(_literal(b"k", b"new"))
+    assert decoder.decode(H("be")) == [(b"k", b"new")]
+    assert decoder.decode(H("bf")) == [(b"k", b"old")]
+    decoder.decode(H("20"))  # size update to 0 empties the table
+    with pytest.raises(HPACKError):
+        decoder.decode(H("be"))
+
+
+def test_blocks_that_insert_are_applied_every_time() -> None:
+    """The same inserting block twice inserts twice (it must never come from the cache)."""
+    decoder = Decoder()
+    block = _literal(b"k", b"v")
+    decoder.decode(block)
+    decoder.decode(block)
+    assert decoder.dynamic_table() == [(b"k", b"v"), (b"k", b"v")]
+    assert decoder.table_bytes == 2 * (1 + 1 + 32)
+
+
+def test_cached_result_is_a_fresh_list_and_any_buffer_type_works() -> None:
+    """Mutating a returned list does not leak into later results; bytearray/memoryview work."""
+    decoder = Decoder()
+    first = decoder.decode(H("8286"))
+    first.append((b"x", b"y"))
+    assert decoder.decode(H("8286")) == [(b":method", b"GET"), (b":scheme", b"http")]
+    assert decoder.decode(bytearray(H("8286"))) == [(b":method", b"GET"), (b":scheme", b"http")]
+    assert decoder.decode(memoryview(H("0082"))[1:]) == [(b":method", b"GET")]

@@ -351,6 +351,10 @@ def _huffman_decode_cached(data: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Decoder
 
+# Bounds on each decoder's cache of blocks that left the table unchanged.
+UNCHANGED_BLOCKS_MAX = 64
+UNCHANGED_BLOCK_BYTES_MAX = 512
+
 
 class Decoder:
     """One connection's receiving side: its dynamic table and the rules for reading blocks."""
@@ -364,6 +368,13 @@ class Decoder:
         # Invariant: _table_bytes == sum of entry sizes <= _table_bytes_max.
         self._table_bytes = 0
         self._table_bytes_max = max_table_size
+        # Counts every change to the table (insert, resize); a block that leaves it unchanged
+        # decodes the same way until the next change.
+        self._table_changes = 0
+        # Blocks that did not change the table -> their headers, valid for the current table
+        # only (emptied on any change). A client's repeat requests are such blocks: indexed
+        # references to what its first request inserted.
+        self._unchanged_blocks: dict[bytes, tuple[tuple[bytes, bytes], ...]] = {}
 
     @property
     def table_bytes(self) -> int:
@@ -385,6 +396,22 @@ class Decoder:
         Any malformed input raises HPACKError; the table may then be half-updated, which is
         why the connection must fail.
         """
+        if type(block) is not bytes:
+            block = bytes(block)  # joined frames may come as a bytearray or memoryview
+        cached = self._unchanged_blocks.get(block)
+        if cached is not None:
+            return list(cached)
+        changes_before = self._table_changes
+        headers = self._decode_block(block)
+        if self._table_changes != changes_before:
+            self._unchanged_blocks.clear()
+        elif len(block) <= UNCHANGED_BLOCK_BYTES_MAX:
+            if len(self._unchanged_blocks) >= UNCHANGED_BLOCKS_MAX:
+                self._unchanged_blocks.clear()
+            self._unchanged_blocks[block] = tuple(headers)
+        return headers
+
+    def _decode_block(self, block: bytes) -> list[tuple[bytes, bytes]]:
         headers: list[tuple[bytes, bytes]] = []
         append = headers.append
         entries = self._entries
@@ -406,7 +433,7 @@ class Decoder:
                 else:
                     append(entries[index - 62])
             elif byte & 0x40:
-                name, value, pos = self._read_literal(block, pos, 6)
+                name, value, pos = self._read_literal(block, pos, 0x3F)
                 self._insert(name, value)
                 append((name, value))
             elif byte & 0x20:
@@ -418,28 +445,34 @@ class Decoder:
             else:
                 # Without indexing (0000) and never indexed (0001) read alike; "never" only
                 # binds intermediaries that re-encode, which we never do.
-                name, value, pos = self._read_literal(block, pos, 4)
+                name, value, pos = self._read_literal(block, pos, 0x0F)
                 append((name, value))
             updates_allowed = False
         return headers
 
-    def _read_literal(self, block: bytes, pos: int, prefix_bits: int) -> tuple[bytes, bytes, int]:
-        index, pos = decode_integer(block, pos, prefix_bits)
+    def _read_literal(self, block: bytes, pos: int, prefix_max: int) -> tuple[bytes, bytes, int]:
+        """A literal field whose name index sits in a prefix of `prefix_max` (0x3F or 0x0F)."""
+        index = block[pos] & prefix_max
+        if index == prefix_max:
+            index, pos = _decode_integer_tail(block, pos + 1, prefix_max)
+        else:
+            pos += 1
         if index == 0:
             name, pos = _read_string(block, pos)
+        elif index <= STATIC_TABLE_LEN:
+            name = STATIC_TABLE[index][0]
         else:
-            name = self._name_at(index)
+            name = self._dynamic_name(index)
         value, pos = _read_string(block, pos)
         return name, value, pos
 
-    def _name_at(self, index: int) -> bytes:
-        if index <= STATIC_TABLE_LEN:
-            return STATIC_TABLE[index][0]
+    def _dynamic_name(self, index: int) -> bytes:
         if index - 62 >= len(self._entries):
             raise HPACKError(f"name index {index} out of range")
         return self._entries[index - 62][0]
 
     def _insert(self, name: bytes, value: bytes) -> None:
+        self._table_changes += 1
         size = len(name) + len(value) + ENTRY_OVERHEAD_BYTES
         if size > self._table_bytes_max:
             # RFC 7541 4.4: not an error; the table just ends up empty.
@@ -455,6 +488,7 @@ class Decoder:
             raise HPACKError(
                 f"dynamic table size update to {size} over the limit {self.max_allowed_table_size}"
             )
+        self._table_changes += 1
         self._table_bytes_max = size
         self._evict_to(size)
 
@@ -470,14 +504,19 @@ def _read_string(block: bytes, pos: int) -> tuple[bytes, int]:
     """A string literal at block[pos] (H flag + 7-bit length, then the octets)."""
     if pos >= len(block):
         raise HPACKError("header block truncated before a string")
-    huffman = block[pos] & 0x80
-    length, pos = decode_integer(block, pos, 7)
+    first = block[pos]
+    length = first & 0x7F
+    if length == 0x7F:
+        length, pos = _decode_integer_tail(block, pos + 1, 0x7F)
+    else:
+        pos += 1
     stop = pos + length
     if stop > len(block):
         raise HPACKError(f"string of {length} bytes runs past the end of the header block")
     raw = block[pos:stop]
-    if huffman:
-        raw = _huffman_decode_cached(raw)
+    if first & 0x80:
+        decoded = _HUFFMAN_CACHE.get(raw)
+        return (_huffman_decode_cached(raw) if decoded is None else decoded), stop
     return raw, stop
 
 
