@@ -572,3 +572,34 @@ def test_cached_result_is_a_fresh_list_and_any_buffer_type_works() -> None:
     assert decoder.decode(H("8286")) == [(b":method", b"GET"), (b":scheme", b"http")]
     assert decoder.decode(bytearray(H("8286"))) == [(b":method", b"GET"), (b":scheme", b"http")]
     assert decoder.decode(memoryview(H("0082"))[1:]) == [(b":method", b"GET")]
+
+
+def test_seeded_garbage_raises_only_hpack_error() -> None:
+    """Random and mutated blocks either decode or raise HPACKError, never anything else.
+
+    Mutations of the Appendix C blocks (byte flips, truncations) reach deep into valid
+    structure; pure random bytes hit the error paths at the first byte. The table invariant
+    (size = sum of entry sizes, within the limit) must hold after every block.
+    """
+    seed = 20260
+    rng = random.Random(seed)
+    valid = [H(block) for _, blocks, _, _ in SEQUENCES.values() for block in blocks]
+    outcomes = {"decoded": 0, "rejected": 0}
+    for case in range(3000):
+        if case % 3 == 0:
+            block = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 40)))
+        else:
+            mutated = bytearray(rng.choice(valid))
+            for _ in range(rng.randrange(1, 4)):
+                mutated[rng.randrange(len(mutated))] = rng.randrange(256)
+            block = bytes(mutated[: rng.randrange(1, len(mutated) + 1)])
+        decoder = Decoder(256)
+        try:
+            decoder.decode(block)
+            outcomes["decoded"] += 1
+        except HPACKError:
+            outcomes["rejected"] += 1
+        sizes = sum(len(n) + len(v) + 32 for n, v in decoder.dynamic_table())
+        assert sizes == decoder.table_bytes <= decoder.table_bytes_max, f"seed={seed} {case=}"
+    # Both paths were exercised in earnest, not just the first-byte rejections.
+    assert min(outcomes.values()) > 100, f"seed={seed} {outcomes}"
