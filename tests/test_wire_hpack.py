@@ -449,9 +449,15 @@ def test_encoder_round_trip_leaves_decoder_table_empty() -> None:
 # Real grpcio client headers
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+FRAME_DATA = 0x0
 FRAME_HEADERS = 0x1
+FRAME_SETTINGS = 0x4
 FRAME_CONTINUATION = 0x9
+FLAG_ACK = 0x1
+FLAG_END_STREAM = 0x1
 FLAG_END_HEADERS = 0x4
+FLAG_PADDED = 0x8
+FLAG_PRIORITY = 0x20
 
 
 def _recv_exactly(conn: socket.socket, count: int) -> bytes:
@@ -464,6 +470,14 @@ def _recv_exactly(conn: socket.socket, count: int) -> bytes:
     return bytes(data)
 
 
+def _frame(frame_type: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big")
+        + struct.pack(">BBI", frame_type, flags, stream_id)
+        + payload
+    )
+
+
 def _read_frame(conn: socket.socket) -> tuple[int, int, int, bytes]:
     header = _recv_exactly(conn, 9)
     length = int.from_bytes(header[:3], "big")
@@ -471,32 +485,45 @@ def _read_frame(conn: socket.socket) -> tuple[int, int, int, bytes]:
     return frame_type, flags, stream_id & 0x7FFFFFFF, _recv_exactly(conn, length)
 
 
-def _read_header_block(conn: socket.socket) -> bytes:
-    """Skips frames up to the first HEADERS, then joins CONTINUATIONs until END_HEADERS."""
-    assert _recv_exactly(conn, len(PREFACE)) == PREFACE
+def _read_header_block(conn: socket.socket) -> tuple[int, bytes]:
+    """Skips frames (acking SETTINGS) up to a HEADERS, joins CONTINUATIONs to END_HEADERS."""
     while True:
         frame_type, flags, stream_id, payload = _read_frame(conn)
+        if frame_type == FRAME_SETTINGS and not flags & FLAG_ACK:
+            conn.sendall(_frame(FRAME_SETTINGS, FLAG_ACK, 0, b""))
         if frame_type == FRAME_HEADERS:
             break
-    assert stream_id == 1
-    # gRPC clients send neither PADDED (0x8) nor PRIORITY (0x20) HEADERS; strip them if so.
-    if flags & 0x8:
+    if flags & FLAG_PADDED:
         payload = payload[1 : len(payload) - payload[0]]
-    if flags & 0x20:
+    if flags & FLAG_PRIORITY:
         payload = payload[5:]
     block = payload
     while not flags & FLAG_END_HEADERS:
         frame_type, flags, _, payload = _read_frame(conn)
         assert frame_type == FRAME_CONTINUATION
         block += payload
-    return block
+    return stream_id, block
 
 
-def test_grpcio_client_headers_decode() -> None:
-    """A real grpcio unary call's HEADERS block decodes to its :path and content-type.
+def _respond(conn: socket.socket, stream_id: int, message: bytes) -> None:
+    """A unary gRPC response whose header and trailer blocks come from our Encoder."""
+    encoder = Encoder()
+    headers = encoder.encode([(b":status", b"200"), (b"content-type", b"application/grpc")])
+    trailers = encoder.encode([(b"grpc-status", b"0")])
+    data = b"\x00" + len(message).to_bytes(4, "big") + message
+    conn.sendall(
+        _frame(FRAME_HEADERS, FLAG_END_HEADERS, stream_id, headers)
+        + _frame(FRAME_DATA, 0, stream_id, data)
+        + _frame(FRAME_HEADERS, FLAG_END_HEADERS | FLAG_END_STREAM, stream_id, trailers)
+    )
 
-    A socket stands in for the server: it answers the preface with an empty SETTINGS frame,
-    reads up to the first complete header block, then closes, so the call fails fast.
+
+def test_grpcio_client_headers_decode_and_our_responses_are_accepted() -> None:
+    """Two real grpcio unary calls on one connection: both HEADERS blocks decode on one
+    Decoder (the second against the dynamic table the first filled) to the :path and
+    content-type the calls sent, and grpcio accepts responses whose blocks our Encoder made.
+
+    A plain socket plays the server: SETTINGS, SETTINGS ACKs, and hand-built frames.
     """
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -505,35 +532,49 @@ def test_grpcio_client_headers_decode() -> None:
     port = listener.getsockname()[1]
     channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)])
     call = channel.unary_unary("/etcdserverpb.KV/Put")
-    outcome: list[BaseException] = []
+    replies: list[bytes] = []
+    errors: list[grpc.RpcError] = []
 
-    def run_call() -> None:
+    def run_calls() -> None:
         try:
-            call(b"\x0a\x01k", timeout=1)
+            for _ in range(2):
+                replies.append(call(b"\x0a\x01k", timeout=5))
         except grpc.RpcError as error:
-            outcome.append(error)
+            errors.append(error)
 
-    caller = threading.Thread(target=run_call)
+    caller = threading.Thread(target=run_calls)
     caller.start()
+    decoder = Decoder()
+    blocks = []
     try:
         conn, _ = listener.accept()
         with conn:
             conn.settimeout(10)
-            conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # empty SETTINGS
-            block = _read_header_block(conn)
+            assert _recv_exactly(conn, len(PREFACE)) == PREFACE
+            conn.sendall(_frame(FRAME_SETTINGS, 0, 0, b""))
+            for expected_stream in (1, 3):
+                stream_id, block = _read_header_block(conn)
+                assert stream_id == expected_stream
+                blocks.append((block, decoder.decode(block)))
+                _respond(conn, stream_id, b"\x0a\x00")
+            caller.join(timeout=10)
     finally:
         listener.close()
         caller.join(timeout=10)
         channel.close()
     assert not caller.is_alive()
-    assert outcome, "the call should fail: the fake server never answers"
-    headers = Decoder().decode(block)
-    fields = dict(headers)
-    assert fields[b":path"] == b"/etcdserverpb.KV/Put"
-    assert fields[b"content-type"] == b"application/grpc"
-    assert fields[b":method"] == b"POST"
-    assert fields[b"te"] == b"trailers"
-    assert all(name == name.lower() for name, _ in headers)
+    assert not errors, errors
+    assert replies == [b"\x0a\x00", b"\x0a\x00"]
+    for _, headers in blocks:
+        fields = dict(headers)
+        assert fields[b":path"] == b"/etcdserverpb.KV/Put"
+        assert fields[b"content-type"] == b"application/grpc"
+        assert fields[b":method"] == b"POST"
+        assert fields[b"te"] == b"trailers"
+        assert all(name == name.lower() for name, _ in headers)
+    # The first request filled the dynamic table; the second leaned on it.
+    assert decoder.dynamic_table()
+    assert len(blocks[1][0]) < len(blocks[0][0])
 
 
 # ---------------------------------------------------------------------------------------------
