@@ -27,6 +27,14 @@ internal nodes of the code tree, and `_DECODE[state | byte]` gives the next stat
 symbols completed by those 8 bits. It is built at import from the code lengths alone (the
 RFC 7541 Appendix B code is canonical, so lengths determine the codes). Clients repeat the
 same strings on every request, so decoded strings are also kept in a bounded cache.
+
+Each Decoder also remembers the blocks that left its table unchanged (a client's repeat
+requests are often only indexed references) and returns their fields without parsing until
+the table next changes. grpcio defeats this when a call has a deadline: it sends grpc-timeout,
+whose value differs every time, as a literal with indexing.
+
+Thread safety: a Decoder belongs to one connection; the shared string cache relies on single
+dict operations being atomic (the GIL), as the server runs all connections on one event loop.
 """
 
 from __future__ import annotations
@@ -351,8 +359,9 @@ def _huffman_decode_cached(data: bytes) -> bytes:
 # ---------------------------------------------------------------------------------------------
 # Decoder
 
-# Bounds on each decoder's cache of blocks that left the table unchanged.
-UNCHANGED_BLOCKS_MAX = 64
+# Bounds on each decoder's cache of blocks that left the table unchanged: at most 8 KiB of
+# keys per connection; a client repeats one block per method it calls.
+UNCHANGED_BLOCKS_MAX = 16
 UNCHANGED_BLOCK_BYTES_MAX = 512
 
 
