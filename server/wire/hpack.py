@@ -34,7 +34,7 @@ the table next changes. grpcio defeats this when a call has a deadline: it sends
 whose value differs every time, as a literal with indexing.
 
 Thread safety: a Decoder belongs to one connection; the shared string cache relies on single
-dict operations being atomic (the GIL), as the server runs all connections on one event loop.
+dict operations (get, set, clear) being atomic under the GIL.
 """
 
 from __future__ import annotations
@@ -350,8 +350,9 @@ def _huffman_decode_cached(data: bytes) -> bytes:
         decoded = huffman_decode(data)
         if len(data) <= HUFFMAN_CACHE_STRING_BYTES_MAX:
             if len(_HUFFMAN_CACHE) >= HUFFMAN_CACHE_ENTRIES_MAX:
-                # FIFO eviction: dicts keep insertion order, so the first key is the oldest.
-                _HUFFMAN_CACHE.pop(next(iter(_HUFFMAN_CACHE)), None)
+                # Start over rather than evict one by one: clear() is a single atomic dict
+                # operation, and the hot strings come back on their next use.
+                _HUFFMAN_CACHE.clear()
             _HUFFMAN_CACHE[data] = decoded
     return decoded
 
