@@ -544,17 +544,29 @@ class Encoder:
     def encode(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         out = bytearray()
         for name, value in headers:
-            index = _STATIC_FULL_INDEX.get((name, value))
-            if index is not None:
-                out += encode_integer(index, 7, 0x80)
+            field = _STATIC_FIELD_BYTES.get((name, value))
+            if field is not None:
+                out += field
                 continue
-            name_index = _STATIC_NAME_INDEX.get(name)
-            if name_index is not None:
-                out += encode_integer(name_index, 4)
-            else:
+            name_bytes = _STATIC_NAME_BYTES.get(name)
+            if name_bytes is None:
                 out.append(0x00)
-                out += encode_integer(len(name), 7)
+                out += _string_length(len(name))
                 out += name
-            out += encode_integer(len(value), 7)
+            else:
+                out += name_bytes
+            out += _string_length(len(value))
             out += value
         return bytes(out)
+
+
+def _string_length(length: int) -> bytes:
+    return bytes((length,)) if length < 0x7F else encode_integer(length, 7)
+
+
+# The encoder's representations, precomputed: a full static match is one indexed byte; a
+# static name is a literal-without-indexing prefix carrying its index.
+_STATIC_FIELD_BYTES = {
+    field: encode_integer(index, 7, 0x80) for field, index in _STATIC_FULL_INDEX.items()
+}
+_STATIC_NAME_BYTES = {name: encode_integer(index, 4) for name, index in _STATIC_NAME_INDEX.items()}
