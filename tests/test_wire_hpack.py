@@ -652,3 +652,13 @@ def test_seeded_garbage_raises_only_hpack_error() -> None:
         assert sizes == decoder.table_bytes <= decoder.table_bytes_max, f"seed={seed} {case=}"
     # Both paths were exercised in earnest, not just the first-byte rejections.
     assert min(outcomes.values()) > 100, f"seed={seed} {outcomes}"
+
+
+def test_failed_block_drops_cached_blocks() -> None:
+    """A block that inserts and then fails leaves no cached result for the old table."""
+    decoder = Decoder()
+    decoder.decode(_literal(b"k", b"old"))
+    assert decoder.decode(H("be")) == [(b"k", b"old")]  # cached for this table
+    with pytest.raises(HPACKError):
+        decoder.decode(_literal(b"k", b"new") + H("80"))  # inserts, then index 0
+    assert decoder.decode(H("be")) == [(b"k", b"new")]

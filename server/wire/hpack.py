@@ -412,7 +412,12 @@ class Decoder:
         if cached is not None:
             return list(cached)
         changes_before = self._table_changes
-        headers = self._decode_block(block)
+        try:
+            headers = self._decode_block(block)
+        except HPACKError:
+            # The table may be half-updated: nothing cached for the old one may be served.
+            self._unchanged_blocks.clear()
+            raise
         if self._table_changes != changes_before:
             self._unchanged_blocks.clear()
         elif len(block) <= UNCHANGED_BLOCK_BYTES_MAX:
