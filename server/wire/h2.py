@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -147,6 +148,11 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Small frames must leave at once: with Nagle, a response queued behind a PING
+            # ACK waits for the client's delayed ACK (40 ms).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = f"ipv4:{peer[0]}:{peer[1]}" if len(peer) == 2 else f"ipv6:[{peer[0]}]:{peer[1]}"
