@@ -2,9 +2,10 @@
 
 `python -m bench.server_ceiling PORT [--wire]` serves etcdserverpb.KV on 127.0.0.1:PORT; Put and
 Range answer at once with a header and nothing else. By default on grpc.aio (the issue's
-ceiling); with --wire on petra's own transport (server/wire/), which petra serves on. Drive it (and then petra) with the same load,
-e.g. etcd's Go benchmark: `benchmark --endpoints 127.0.0.1:PORT --clients 64 --conns 64 put
---total 20000`. The ratio petra/ceiling is what the server core's overhead costs.
+ceiling); with --wire on petra's own transport (server/wire/), which petra serves on. Drive it
+(and then petra) with the same load, e.g. etcd's Go benchmark: `benchmark --endpoints
+127.0.0.1:PORT --clients 64 --conns 64 put --total 20000`. The ratio petra/ceiling is what the
+server core's overhead costs.
 """
 
 from __future__ import annotations

@@ -60,9 +60,12 @@ _SETTING = struct.Struct(">HI")
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return (len(payload) << 8 | kind).to_bytes(4, "big") + bytes((flags,)) + _U32.pack(
-        stream_id
-    ) + payload
+    return (
+        (len(payload) << 8 | kind).to_bytes(4, "big")
+        + bytes((flags,))
+        + _U32.pack(stream_id)
+        + payload
+    )
 
 
 class ConnectionError_(Exception):  # noqa: N801 - not the builtin ConnectionError
@@ -83,6 +86,7 @@ class Dispatcher(Protocol):
     def open_stream(
         self, conn: Connection, stream: Stream, headers: list[tuple[bytes, bytes]]
     ) -> StreamHandler | None: ...
+
     http1: Callable[[bytes], Awaitable[bytes]] | None
 
 
@@ -155,7 +159,9 @@ class Connection(asyncio.Protocol):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         if peer:
-            self.peer = f"ipv4:{peer[0]}:{peer[1]}" if len(peer) == 2 else f"ipv6:[{peer[0]}]:{peer[1]}"
+            self.peer = (
+                f"ipv4:{peer[0]}:{peer[1]}" if len(peer) == 2 else f"ipv6:[{peer[0]}]:{peer[1]}"
+            )
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -487,16 +493,28 @@ class Connection(asyncio.Protocol):
         self.transport.write(
             b"".join(
                 (
-                    (len(headers) << 8 | HEADERS).to_bytes(4, "big"), b"\x04", sid, headers,
-                    (size << 8 | DATA).to_bytes(4, "big"), b"\x00", sid,
-                    b"\x00", len(data).to_bytes(4, "big"), data,
-                    (len(trailers) << 8 | HEADERS).to_bytes(4, "big"), b"\x05", sid, trailers,
+                    (len(headers) << 8 | HEADERS).to_bytes(4, "big"),
+                    b"\x04",
+                    sid,
+                    headers,
+                    (size << 8 | DATA).to_bytes(4, "big"),
+                    b"\x00",
+                    sid,
+                    b"\x00",
+                    len(data).to_bytes(4, "big"),
+                    data,
+                    (len(trailers) << 8 | HEADERS).to_bytes(4, "big"),
+                    b"\x05",
+                    sid,
+                    trailers,
                 )
             )  # fmt: skip
         )
         self._local_end(stream)
 
-    def send_data(self, stream: Stream, data: bytes, prefix: bytes = b"", trailers: bytes = b"") -> None:
+    def send_data(
+        self, stream: Stream, data: bytes, prefix: bytes = b"", trailers: bytes = b""
+    ) -> None:
         """Sends `prefix + data` as DATA frames, then `trailers` (a header block that ends the
         stream) if given; what the windows do not allow now waits in the stream's queue."""
         if stream.reset_done or self.closed:
@@ -510,8 +528,14 @@ class Connection(asyncio.Protocol):
             out = (size << 8 | DATA).to_bytes(4, "big") + b"\x00" + _U32.pack(stream.id)
             if trailers:
                 self.transport.write(
-                    b"".join((out, prefix, data, frame(HEADERS, END_HEADERS | END_STREAM,
-                                                       stream.id, trailers)))  # fmt: skip
+                    b"".join(
+                        (
+                            out,
+                            prefix,
+                            data,
+                            frame(HEADERS, END_HEADERS | END_STREAM, stream.id, trailers),
+                        )
+                    )  # fmt: skip
                 )
                 self._local_end(stream)
             else:
@@ -620,7 +644,9 @@ class Connection(asyncio.Protocol):
         """Refuse new streams; the ones open may finish."""
         if not self.closed and self._mode == 1 and not self.going_away:
             self.going_away = True
-            self.transport.write(frame(GOAWAY, 0, 0, _U32.pack(self.last_stream_id) + _U32.pack(NO_ERROR)))
+            self.transport.write(
+                frame(GOAWAY, 0, 0, _U32.pack(self.last_stream_id) + _U32.pack(NO_ERROR))
+            )
 
     def close(self, code: int = NO_ERROR, reason: str = "") -> None:
         if self.closed:
@@ -629,8 +655,12 @@ class Connection(asyncio.Protocol):
             log.debug("closing connection from %s: %s", self.peer, reason)
         if self._mode == 1:
             self.transport.write(
-                frame(GOAWAY, 0, 0, _U32.pack(self.last_stream_id) + _U32.pack(code)
-                      + reason.encode()[:256])  # fmt: skip
+                frame(
+                    GOAWAY,
+                    0,
+                    0,
+                    _U32.pack(self.last_stream_id) + _U32.pack(code) + reason.encode()[:256],
+                )  # fmt: skip
             )
         self.closed = True
         self.transport.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import contextlib
 import errno
 import inspect
 import logging
@@ -64,9 +65,7 @@ def _percent_encode(text: str) -> bytes:
     raw = text.encode("utf-8", "replace")
     if all(0x20 <= b <= 0x7E and b != 0x25 for b in raw):
         return raw
-    return b"".join(
-        bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw
-    )
+    return b"".join(bytes((b,)) if 0x20 <= b <= 0x7E and b != 0x25 else b"%%%02X" % b for b in raw)
 
 
 def _metadata_fields(metadata: Iterable[Any]) -> list[tuple[bytes, bytes]]:
@@ -212,7 +211,7 @@ class Call:
 
     def _serialize(self, response: Any) -> bytes:
         serialize = self._handler.response_serializer
-        data = serialize(response) if serialize is not None else response
+        data: bytes = serialize(response) if serialize is not None else response
         limit = self._server.max_send_message_length
         if len(data) > limit:
             self._code = _C.RESOURCE_EXHAUSTED
@@ -321,7 +320,7 @@ class Call:
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
             self._deadline_timer = None
-        self._server._calls.discard(self)
+        self._server._call_finished(self)
         if self._handler.unary_unary is not None and self._server.on_unary_done is not None:
             self._server.on_unary_done(self._path, time.perf_counter() - self._started_s)
         for callback in self._done_callbacks:
@@ -493,6 +492,12 @@ class Server:
         self._conns: set[h2.Connection] = set()
         self._calls: set[Call] = set()
         self._stopped: asyncio.Event | None = None
+        self._calls_idle: asyncio.Event | None = None  # set once no call is left, when stopping
+
+    def _call_finished(self, call: Call) -> None:
+        self._calls.discard(call)
+        if not self._calls and self._calls_idle is not None:
+            self._calls_idle.set()
 
     # -- registration ------------------------------------------------------------------------
     def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
@@ -577,17 +582,9 @@ class Server:
         for conn in list(self._conns):
             conn.go_away()
         if grace and self._calls:
-            deadline = time.monotonic() + grace
-            while self._calls and time.monotonic() < deadline:
-                waiter = asyncio.get_running_loop().create_future()
-                for call in list(self._calls):
-                    call.add_done_callback(
-                        lambda _c, w=waiter: w.done() or w.set_result(None)
-                    )
-                try:
-                    await asyncio.wait_for(waiter, deadline - time.monotonic())
-                except asyncio.TimeoutError:
-                    break
+            self._calls_idle = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._calls_idle.wait(), grace)
         tasks = [call._task for call in self._calls if call._task is not None]
         for call in list(self._calls):
             call.cancel_by_server()
