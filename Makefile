@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy raft wal engine snapshot
+	$(BIN)/mypy raft wal engine snapshot server/wire
 
 proto: $(STAMP)
 	$(BIN)/python -m api.generate

@@ -1,4 +1,5 @@
-"""/health, /metrics and /version over HTTP/1.1 on the --listen-metrics-urls.
+"""/health, /metrics and /version over HTTP/1.1 on the --listen-metrics-urls (and, through
+`answer`, on the client port, as etcd serves them there too).
 
 Theory of operation. A minimal HTTP/1.1 server on asyncio streams: read one request head (at
 most HEAD_BYTES_MAX, within HEAD_TIMEOUT_S), answer it, close the connection. No keep-alive and
@@ -74,6 +75,15 @@ async def _route(method: str, path: str, health: Health) -> bytes:
     return _response(404, TEXT, b"404 page not found\n", head_only)
 
 
+async def answer(head: bytes, health: Health) -> bytes:
+    """The whole response to one HTTP/1.x request head (also used on the client port, whose
+    gRPC server hands over connections that are not HTTP/2)."""
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return _response(400, TEXT, b"400 Bad Request\n")
+    return await _route(parts[0], parts[1], health)
+
+
 async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
     try:
         return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
@@ -91,11 +101,7 @@ async def _handle(
         if head is None:
             reply = _response(400, TEXT, b"400 Bad Request\n")
         else:
-            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-            if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-                reply = _response(400, TEXT, b"400 Bad Request\n")
-            else:
-                reply = await _route(parts[0], parts[1], health)
+            reply = await answer(head, health)
         writer.write(reply)
         await writer.drain()
     except ConnectionError:

@@ -57,7 +57,27 @@ def _host_port(url: str) -> str:
     return f"[{host}]:{parts.port}" if ":" in host else f"{host}:{parts.port}"
 
 
-def _grpc_server(config: Config) -> Any:
+def _grpc_server(config: Config, health: Callable[[], Awaitable[bool]]) -> Any:
+    """petra's own gRPC transport (server/wire/); PETRA_GRPC=aio selects grpc.aio instead,
+    for comparisons."""
+    metrics = _optional("server.metrics")
+    if os.environ.get("PETRA_GRPC") == "aio":
+        return _aio_server(config, metrics)
+    from . import http_endpoints
+    from .wire.server import Server
+
+    async def http1(head: bytes) -> bytes:
+        return await http_endpoints.answer(head, health)
+
+    return Server(
+        max_receive_message_length=config.max_request_bytes + GRPC_OVERHEAD_BYTES,
+        on_request=metrics.REQUESTS.inc if metrics is not None else None,
+        on_unary_done=metrics.REQUEST_SECONDS.observe if metrics is not None else None,
+        http1=http1,
+    )
+
+
+def _aio_server(config: Config, metrics: Any) -> Any:
     options = [
         ("grpc.max_receive_message_length", config.max_request_bytes + GRPC_OVERHEAD_BYTES),
         ("grpc.max_send_message_length", 2**31 - 1),
@@ -72,7 +92,6 @@ def _grpc_server(config: Config) -> Any:
         ("grpc.keepalive_time_ms", 2 * 3600 * 1000),
         ("grpc.keepalive_timeout_ms", 20_000),
     ]
-    metrics = _optional("server.metrics")
     interceptors = [metrics.RequestInterceptor()] if metrics is not None else []
     return grpc.aio.server(options=options, interceptors=interceptors)
 
@@ -90,18 +109,25 @@ def _bind(server: Any, config: Config) -> None:
 
 async def serve(config: Config, stop_event: asyncio.Event) -> None:
     # Bind first: a start that fails on a port in use must not leave a new data dir behind.
-    server = _grpc_server(config)
+    node_ref: list[Node] = []
+
+    async def healthy() -> bool:
+        node = node_ref[0] if node_ref else None
+        return node is not None and bool(node.leader_id) and not node.applier.alarms
+
+    server = _grpc_server(config, healthy)
     _bind(server, config)
     try:
         node = await Node.start(config)
     except DataDirError as exc:
         raise StartError(str(exc)) from exc
+    node_ref.append(node)
     stops: list[Callable[[], Awaitable[None]]] = []
     try:
         kv_service.add_to_server(server, node)
         maintenance_service.add_to_server(server, node)
         cluster_service.add_to_server(server, node)
-        stops.extend(await _start_collaborators(server, node, config))
+        stops.extend(await _start_collaborators(server, node, config, healthy))
         _register_gauges(node)
         await server.start()
     except BaseException:
@@ -126,7 +152,7 @@ async def serve(config: Config, stop_event: asyncio.Event) -> None:
 
 
 async def _start_collaborators(
-    server: Any, node: Node, config: Config
+    server: Any, node: Node, config: Config, healthy: Callable[[], Awaitable[bool]]
 ) -> list[Callable[[], Awaitable[None]]]:
     stops: list[Callable[[], Awaitable[None]]] = []
     health = _optional("server.health_service")
@@ -137,10 +163,6 @@ async def _start_collaborators(
         stops.append(await services.start_services(server, node))
     http = _optional("server.http_endpoints")
     if http is not None and config.listen_metrics_urls:
-
-        async def healthy() -> bool:
-            return bool(node.leader_id) and not node.applier.alarms
-
         stops.append(await http.serve(config.listen_metrics_urls, healthy))
     return stops
 

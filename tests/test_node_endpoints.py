@@ -77,18 +77,18 @@ def test_metrics_url_serves_health_and_metrics(node: Node) -> None:
         assert 'grpc_server_handled_total{grpc_code="OK",grpc_method="Put"' in text
 
 
-def test_http_on_client_port(node: Node, request: pytest.FixtureRequest) -> None:
-    """etcd answers HTTP/1.1 /health and /version on the client port too (cmux); load balancers
-    and Kubernetes probes use it."""
-    nodes.expect_petra_bug(
-        request,
-        node.kind,
-        "server/main.py: the client port is gRPC only (no HTTP/1.1 beside it as etcd's cmux)",
-    )
+def test_http_on_client_port(node: Node) -> None:
+    """etcd answers HTTP/1.1 /health, /version and /metrics on the client port too (cmux); load
+    balancers and Kubernetes probes use it. gRPC keeps working beside it."""
     status, _, body = http_get(node.client_port, "/health")
     assert (status, json.loads(body)) == (200, {"health": "true"})
     status, _, body = http_get(node.client_port, "/version")
     assert (status, json.loads(body)) == (200, {"etcdserver": "3.4.23", "etcdcluster": "3.4.0"})
+    status, _, body = http_get(node.client_port, "/metrics")
+    assert status == 200 and "\netcd_server_has_leader 1" in body
+    with grpc.insecure_channel(node.endpoint) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_grpc_health_service(node: Node) -> None:
