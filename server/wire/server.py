@@ -145,7 +145,7 @@ class Call:
             if length > limit:
                 self._fail_now(
                     _C.RESOURCE_EXHAUSTED,
-                    f"Received message larger than max ({length} vs. {limit})",
+                    f"SERVER: Received message larger than max ({length} vs. {limit})",
                 )
                 return
             if len(buf) < 5 + length:
@@ -215,7 +215,7 @@ class Call:
         limit = self._server.max_send_message_length
         if len(data) > limit:
             self._code = _C.RESOURCE_EXHAUSTED
-            self._details = f"Sent message larger than max ({len(data)} vs. {limit})"
+            self._details = f"SERVER: Sent message larger than max ({len(data)} vs. {limit})"
             raise _Abort()
         return data
 
