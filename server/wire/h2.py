@@ -204,6 +204,11 @@ class Connection(asyncio.Protocol):
     def _sniff(self) -> None:
         n = min(len(self._buf), len(PREFACE))
         if self._buf[:n] != PREFACE[:n]:
+            if self.dispatcher.http1 is None:
+                # Not HTTP/2 and nobody serves HTTP/1: nothing will ever answer, so close now
+                # rather than hold the connection open (grpc.aio closes it too).
+                self._abandon()
+                return
             self._mode = 2
             self._http1_head()
             return
