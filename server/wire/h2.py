@@ -656,6 +656,12 @@ class Connection(asyncio.Protocol):
     def close(self, code: int = NO_ERROR, reason: str = "") -> None:
         if self.closed:
             return
+        if self.transport is None:
+            # asyncio made this protocol but failed to attach its transport: the listener
+            # closed between accept and attach (Python 3.11). Nothing to write to or close.
+            self.closed = True
+            self.on_close(self)
+            return
         if code != NO_ERROR:
             log.debug("closing connection from %s: %s", self.peer, reason)
         if self._mode == 1:
