@@ -9,6 +9,7 @@ and aio) and, for protocol robustness, a raw HTTP/2 socket (`RawConn`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -1451,6 +1452,10 @@ def test_stop_cancels_calls_that_outlive_the_grace(loop: LoopThread, kind: str) 
         assert caught.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 
 
+def at_least(counter: list[int], count: int) -> bool:
+    return counter[0] >= count
+
+
 def hammer(port: int, stopped: threading.Event, connects: list[int]) -> None:
     """Opens and closes connections to `port` until `stopped`; counts the ones accepted."""
     while not stopped.is_set():
@@ -1476,7 +1481,7 @@ def test_stop_while_clients_keep_connecting(loop: LoopThread, kind: str) -> None
         )
         thread.start()
         try:
-            wait_until(lambda c=connects: c[0] >= 20, 10, "the hammer to connect")
+            wait_until(functools.partial(at_least, connects, 20), 10, "the hammer to connect")
             loop.run(running.server.stop(0), timeout_s=10)
             loop.run(running.server.wait_for_termination(), timeout_s=10)
         finally:
@@ -1512,7 +1517,7 @@ def test_stop_sends_goaway_at_once_while_a_call_runs(served: Running) -> None:
 async def begin_stop(server: Any, grace_s: float) -> asyncio.Task[None]:
     """Starts server.stop(grace_s) and lets it run up to its first await (listeners closed,
     GOAWAY sent), so what the test does next happens during the stop."""
-    task = asyncio.ensure_future(server.stop(grace_s))
+    task: asyncio.Task[None] = asyncio.ensure_future(server.stop(grace_s))
     await asyncio.sleep(0)
     assert not task.done(), "stop returned at once with a call in flight"
     return task

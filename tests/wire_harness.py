@@ -566,7 +566,7 @@ class RawConn:
 
 
 def goaway_error(goaway: Frame) -> int:
-    last_stream_id, error_code = struct.unpack(">II", goaway.payload[:8])
+    error_code: int = struct.unpack(">I", goaway.payload[4:8])[0]
     return error_code
 
 
