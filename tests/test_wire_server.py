@@ -27,6 +27,7 @@ import grpc
 import pytest
 
 from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
+from server.wire.hpack import Decoder
 from tests.wire_harness import (
     ACK,
     CALL_TIMEOUT_S,
@@ -1245,6 +1246,45 @@ def test_mutated_sessions_never_hang_or_break_the_server(petra: Running) -> None
             conn.close()
     assert_serving(served.port)
     assert answered_count > 0, f"no mutation got an answer, seed={seed}"
+
+
+MALFORMED_UNARY = {
+    # name: (DATA frames after the request HEADERS, or None: END_STREAM on the HEADERS)
+    "no-message": None,
+    "truncated-message": frame(DATA, END_STREAM, 1, grpc_message(b"abcdefghij")[:8]),
+    "two-messages": frame(DATA, END_STREAM, 1, grpc_message(b"a") + grpc_message(b"b")),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_UNARY)
+def test_malformed_unary_requests_end_with_an_error_status(petra: Running, case: str) -> None:
+    """A unary request with no message, a message cut short by END_STREAM, or two messages:
+    the stream ends with a non-zero grpc-status and the handler's answer is never sent.
+    Petra only: grpc.aio never answers the first two (the stream hangs) and serves the
+    third with the first message."""
+    data = MALFORMED_UNARY[case]
+    block = hpack_literal(request_headers(petra.port, method("Unary")))
+    conn = RawConn(petra.port)
+    try:
+        conn.start()
+        conn.send(frame(HEADERS, END_HEADERS | (END_STREAM if data is None else 0), 1, block))
+        if data is not None:
+            conn.send(data)
+        got, seen = conn.read_until(lambda f: f.stream_id == 1 and bool(f.flags & END_STREAM))
+        assert got is not None and got.type == HEADERS, seen
+        assert not [f for f in seen if f.type == DATA and f.stream_id == 1], seen
+        decoder = Decoder()
+        fields = [
+            field
+            for f in seen
+            if f.type == HEADERS and f.stream_id == 1
+            for field in decoder.decode(f.payload)
+        ]
+        codes = [value for name, value in fields if name == b"grpc-status"]
+        assert codes and codes[0] != b"0", fields
+    finally:
+        conn.close()
+    assert_serving(petra.port)
 
 
 def test_client_vanishes_mid_request(served: Running) -> None:
