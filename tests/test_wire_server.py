@@ -1432,6 +1432,25 @@ def test_http1_callback_failure_is_a_500(loop: LoopThread) -> None:
         running.stop(0)
 
 
+def test_add_insecure_port_returns_0_when_the_port_is_taken() -> None:
+    """The interface: add_insecure_port binds at once and returns 0 for a port in use
+    (grpc.aio 1.85 raises RuntimeError instead), and the bound port otherwise."""
+    from server.wire.server import Server
+
+    taken = socket.socket()
+    server = Server()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert server.add_insecure_port(f"127.0.0.1:{taken.getsockname()[1]}") == 0
+        port = server.add_insecure_port("127.0.0.1:0")
+        assert port > 0 and not refused(port)  # bound and listening before start()
+    finally:
+        taken.close()
+        for sock in server._sockets:  # never started: nothing else closes them
+            sock.close()
+
+
 # -- callbacks (petra only) ------------------------------------------------------------------------
 
 
