@@ -328,6 +328,27 @@ def test_20_mib_stream_to_a_slow_reader_is_held_back_by_flow_control(
     assert max(ahead_bytes) < bound_bytes, f"the handler ran {ahead_bytes} bytes ahead"
 
 
+def test_many_streams_share_small_windows_without_mixing_or_stalling(served: Running) -> None:
+    """20 server streams of 512 KiB at once on one connection with the client's BDP probing
+    off (small windows, so streams keep blocking on the connection window and must be resumed
+    in turn): all finish, each with its own bytes in order."""
+
+    async def scenario() -> None:
+        options = [("grpc.http2.bdp_probe", 0)]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{served.port}", options=options) as chan:
+            call = chan.unary_stream(method("StreamWrite"))
+
+            async def one(seed: int) -> bytes:
+                parts = [m async for m in call(stream_spec(32, 16 * 1024, seed), timeout=20)]
+                return b"".join(parts)
+
+            got = await asyncio.gather(*(one(seed) for seed in range(100, 120)))
+            for seed, body in zip(range(100, 120), got, strict=True):
+                assert body == stream_pattern(32, 16 * 1024, seed), f"stream {seed}"
+
+    asyncio.run(scenario())
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 ABORTS = [
