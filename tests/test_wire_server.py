@@ -1308,6 +1308,32 @@ def test_malformed_unary_requests_end_with_an_error_status(petra: Running, case:
     assert_serving(petra.port)
 
 
+def send_trickle(conn: RawConn, data: bytes) -> None:
+    """Sends `data` a byte at a time (Nagle off), so the server reads it in many pieces."""
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(len(data)):
+        conn.send(data[i : i + 1])
+
+
+def test_raw_call_sent_a_byte_at_a_time(served: Running) -> None:
+    """Preface, SETTINGS, HEADERS and DATA sent one byte per write: the server reassembles
+    every piece (preface sniffing, frame headers, header block, message) and answers."""
+    block = hpack_literal(request_headers(served.port, method("Unary")))
+    conn = RawConn(served.port)
+    try:
+        send_trickle(
+            conn,
+            PREFACE
+            + frame(SETTINGS, 0, 0)
+            + frame(HEADERS, END_HEADERS, 1, block)
+            + frame(DATA, END_STREAM, 1, grpc_message(b"trickle")),
+        )
+        body, seen = raw_response(conn, 1)
+        assert body == grpc_message(b"trickle"), seen
+    finally:
+        conn.close()
+
+
 def test_client_vanishes_mid_request(served: Running) -> None:
     """A client sends half of a client stream's message and closes the socket: the handler
     iterating requests ends (its finally runs) and the server keeps serving."""
@@ -1392,6 +1418,33 @@ def test_http1_on_the_same_port(loop: LoopThread) -> None:
             try:
                 conn.send(head)
                 assert conn.read_all() == reply
+            finally:
+                conn.close()
+            assert heads[-1] == head
+        assert_serving(running.port)
+    finally:
+        running.stop(0)
+
+
+def test_http1_head_sent_a_byte_at_a_time(loop: LoopThread) -> None:
+    """An HTTP/1.1 head arriving a byte per write reaches the callback whole, also one that
+    starts "PRI " like the HTTP/2 preface (sniffing must wait until the bytes differ)."""
+    heads: list[bytes] = []
+
+    async def http1(head: bytes) -> bytes:
+        heads.append(head)
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    running = start_server("petra", loop, http1=http1)
+    try:
+        for head in (
+            b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"PRI /x HTTP/1.1\r\nHost: x\r\n\r\n",  # shares the preface's first bytes
+        ):
+            conn = RawConn(running.port)
+            try:
+                send_trickle(conn, head)
+                assert conn.read_all() == b"HTTP/1.1 204 No Content\r\n\r\n"
             finally:
                 conn.close()
             assert heads[-1] == head
