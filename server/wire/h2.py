@@ -204,6 +204,11 @@ class Connection(asyncio.Protocol):
     def _sniff(self) -> None:
         n = min(len(self._buf), len(PREFACE))
         if self._buf[:n] != PREFACE[:n]:
+            if self.dispatcher.http1 is None:
+                # Not HTTP/2 and nobody serves HTTP/1: nothing will ever answer, so close now
+                # rather than hold the connection open (grpc.aio closes it too).
+                self._abandon()
+                return
             self._mode = 2
             self._http1_head()
             return
@@ -650,6 +655,12 @@ class Connection(asyncio.Protocol):
 
     def close(self, code: int = NO_ERROR, reason: str = "") -> None:
         if self.closed:
+            return
+        if self.transport is None:
+            # asyncio made this protocol but failed to attach its transport: the listener
+            # closed between accept and attach (Python 3.11). Nothing to write to or close.
+            self.closed = True
+            self.on_close(self)
             return
         if code != NO_ERROR:
             log.debug("closing connection from %s: %s", self.peer, reason)

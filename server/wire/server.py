@@ -43,6 +43,8 @@ _NOT_METADATA = frozenset(
     (b"content-type", b"te", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding")
 )
 _TIMEOUT_UNITS_S = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+# Connections the kernel queues before accept: a burst beyond it has SYNs dropped (1 s retry).
+LISTEN_BACKLOG = 1024
 # A streaming writer waits when this much of its output is queued behind flow control.
 WRITE_BUFFER_BYTES = 1 << 20
 _C = grpc.StatusCode
@@ -145,7 +147,7 @@ class Call:
             if length > limit:
                 self._fail_now(
                     _C.RESOURCE_EXHAUSTED,
-                    f"Received message larger than max ({length} vs. {limit})",
+                    f"SERVER: Received message larger than max ({length} vs. {limit})",
                 )
                 return
             if len(buf) < 5 + length:
@@ -215,7 +217,7 @@ class Call:
         limit = self._server.max_send_message_length
         if len(data) > limit:
             self._code = _C.RESOURCE_EXHAUSTED
-            self._details = f"Sent message larger than max ({len(data)} vs. {limit})"
+            self._details = f"SERVER: Sent message larger than max ({len(data)} vs. {limit})"
             raise _Abort()
         return data
 
@@ -555,7 +557,7 @@ class Server:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host or "0.0.0.0", int(port_text)))
-            sock.listen(1024)
+            sock.listen(LISTEN_BACKLOG)
         except OSError as exc:
             sock.close()
             if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
@@ -569,7 +571,11 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
         for sock in self._sockets:
-            self._listeners.append(await loop.create_server(self._new_connection, sock=sock))
+            # backlog: create_server listens again with its own (default 100), overriding ours.
+            server = await loop.create_server(
+                self._new_connection, sock=sock, backlog=LISTEN_BACKLOG
+            )
+            self._listeners.append(server)
 
     def _new_connection(self) -> h2.Connection:
         conn = h2.Connection(self, self._conns.discard)
