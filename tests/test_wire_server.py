@@ -1635,21 +1635,7 @@ async def connect_then_stop(server: Any, port: int, count: int) -> list[socket.s
     return clients
 
 
-@pytest.mark.parametrize(
-    "kind",
-    [
-        "aio",
-        pytest.param(
-            "petra",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="asyncio's create_server: connections accepted but not yet set up when "
-                "stop() closes the listener fail Server._attach (no transport, never closed); "
-                "their sockets stay open until the cyclic GC runs",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("kind", ["aio", "petra"])
 def test_connections_accepted_as_stop_begins_are_closed(loop: LoopThread, kind: str) -> None:
     """Five clients whose connections the server accepted just before stop(0) closed its
     listener: each sees its connection end (EOF or reset, maybe after the server's SETTINGS)

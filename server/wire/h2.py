@@ -146,12 +146,17 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._write_resumed: asyncio.Future[None] | None = None
         self.going_away = False
+        self.refuse = False
         self.closed = False
         self.peer = ""
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        if self.refuse:  # accepted as the server stopped
+            self.closed = True
+            transport.close()
+            return
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # Small frames must leave at once: with Nagle, a response queued behind a PING

@@ -494,6 +494,7 @@ class Server:
         self._conns: set[h2.Connection] = set()
         self._calls: set[Call] = set()
         self._stopped: asyncio.Event | None = None
+        self._stopping = False
         self._calls_idle: asyncio.Event | None = None  # set once no call is left, when stopping
 
     def _call_finished(self, call: Call) -> None:
@@ -579,12 +580,21 @@ class Server:
 
     def _new_connection(self) -> h2.Connection:
         conn = h2.Connection(self, self._conns.discard)
+        conn.refuse = self._stopping
         self._conns.add(conn)
         return conn
 
     async def stop(self, grace: float | None) -> None:
-        for listener in self._listeners:
-            listener.close()
+        # Stop accepting first, but close the listeners only at the end: asyncio cannot attach
+        # a connection it accepted just before to a closed server, and would leave its socket
+        # open until garbage collection. Those late connections set up now and are refused.
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        for sock in self._sockets:
+            if sock.fileno() >= 0:  # not closed by an earlier stop()
+                loop.remove_reader(sock.fileno())
+        for _ in range(2):
+            await asyncio.sleep(0)  # connections accepted before this point finish setting up
         for conn in list(self._conns):
             conn.go_away()
         if grace and self._calls:
@@ -598,6 +608,8 @@ class Server:
             await asyncio.wait(tasks, timeout=1.0)
         for conn in list(self._conns):
             conn.close()
+        for listener in self._listeners:
+            listener.close()
         if self._stopped is not None:
             self._stopped.set()
 
