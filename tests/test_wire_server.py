@@ -27,7 +27,7 @@ import grpc
 import pytest
 
 from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
-from server.wire.hpack import Decoder
+from server.wire.hpack import Decoder, encode_integer, huffman_encode
 from tests.wire_harness import (
     ACK,
     CALL_TIMEOUT_S,
@@ -1109,6 +1109,32 @@ def test_header_list_over_the_advertised_limit_is_refused(served: Running) -> No
             lambda f: f.stream_id == 1 and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
         )
         assert not [f for f in seen if f.type == DATA and f.stream_id == 1], seen
+    finally:
+        conn.close()
+    assert_serving(served.port)
+
+
+def test_header_list_over_the_limit_when_decoded_is_refused(petra: Running) -> None:
+    """The limit is on the decoded list: a 70,000-byte value Huffman-coded into 61,250 bytes
+    (under the block limit) is still over the advertised 64 KiB and is not served.
+    (petra only: grpc.aio advertises 16 KiB and checks it on the block.)"""
+    served = petra
+    conn = RawConn(served.port)
+    try:
+        conn.start()
+        limit_bytes = server_settings(conn)[SETTINGS_MAX_HEADER_LIST_SIZE]
+        value = huffman_encode(b"v" * (limit_bytes + 4464))
+        assert len(value) < limit_bytes
+        big = b"\x00" + encode_integer(5, 7) + b"x-big" + encode_integer(len(value), 7, 0x80)
+        headers = request_headers(served.port, method("Unary"))
+        send_header_block(conn, 1, hpack_literal(headers) + big + value, end_stream=False)
+        conn.send(frame(DATA, END_STREAM, 1, grpc_message(b"should not echo")))
+        got, seen = conn.read_until(
+            lambda f: f.stream_id == 1 and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
+        )
+        assert got is not None and not [f for f in seen if f.type == DATA and f.stream_id == 1]
+        status = dict(Decoder().decode(got.payload)).get(b"grpc-status")
+        assert status == b"8", got  # RESOURCE_EXHAUSTED
     finally:
         conn.close()
     assert_serving(served.port)

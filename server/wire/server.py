@@ -525,13 +525,21 @@ class Server:
         self, conn: h2.Connection, stream: h2.Stream, headers: list[tuple[bytes, bytes]]
     ) -> Call | None:
         path = method = content_type = b""
+        list_size = 0
         for name, value in headers:
+            list_size += len(name) + len(value) + 32  # RFC 9113's header list size
             if name == b":path":
                 path = value
             elif name == b":method":
                 method = value
             elif name == b"content-type":
                 content_type = value
+        if list_size > h2.HEADER_LIST_MAX:  # what we advertised (Huffman can hide the size)
+            block = RESPONSE_HEADERS + _status_trailers(
+                _C.RESOURCE_EXHAUSTED, "received header list size exceeded", ()
+            )
+            conn.send_headers(stream, block, True)
+            return None
         if method != b"POST":
             conn.send_headers(stream, _encoder.encode([(b":status", b"405")]), True)
             return None
