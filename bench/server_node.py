@@ -1,11 +1,13 @@
 """petra's server core against the do-nothing gRPC ceiling (and etcd), with etcd's Go benchmark.
 
-`python -m bench.server_node [--etcd] [--total N]` starts bench/server_ceiling.py, a petra node
-(and etcd 3.4.23 with --etcd) on free loopback ports, then runs, for each, put at 1/64/256
-clients and range (linearizable, serializable) at 64 clients with etcd's `benchmark` tool
-(build it with /work/shared/tools/build-etcd-benchmark.sh). It prints requests/s and the
-server's CPU time per request: the machine is shared, and CPU per request is the figure that
-other tenants disturb least.
+`python -m bench.server_node [--etcd] [--aio] [--total N] [--rounds R]` starts the do-nothing
+servers of bench/server_ceiling.py (grpc.aio, the issue's ceiling, and petra's own transport),
+a petra node (and, with --aio, a petra node on grpc.aio, PETRA_GRPC=aio; with --etcd, etcd
+3.4.23) on free loopback ports, then runs, for each, put at 1/64/256 clients and range
+(linearizable, serializable) at 64 clients with etcd's `benchmark` tool (build it with
+/work/shared/tools/build-etcd-benchmark.sh), in alternation for R rounds. It prints the median
+requests/s and the server's CPU time per request (the machine is shared, and CPU per request is
+the figure that other tenants disturb least), and petra's ratios to the ceiling and to etcd.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -57,8 +60,12 @@ def start(kind: str, tmp: str) -> tuple[subprocess.Popen[bytes], int]:
     env = {**os.environ, "PYTHONPATH": ROOT}
     if kind == "ceiling":
         cmd = [sys.executable, "-m", "bench.server_ceiling", str(port)]
-    elif kind == "petra":
-        data = os.path.join(tmp, "petra")
+    elif kind == "wire-ceiling":
+        cmd = [sys.executable, "-m", "bench.server_ceiling", str(port), "--wire"]
+    elif kind.startswith("petra"):
+        if kind == "petra-aio":
+            env["PETRA_GRPC"] = "aio"
+        data = os.path.join(tmp, kind)
         cmd = [sys.executable, "-m", "server.main", *member_args("n1", data, port, peer)]
         cmd += ["--log-level", "warn"]
     else:
@@ -94,24 +101,34 @@ def run_case(port: int, pid: int, clients: int, args: list[str], total: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--etcd", action="store_true")
+    parser.add_argument("--aio", action="store_true", help="also petra on grpc.aio")
     parser.add_argument("--total", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=1)
     opts = parser.parse_args()
-    kinds = ["ceiling", "petra"] + (["etcd"] if opts.etcd else [])
+    kinds = ["ceiling", "wire-ceiling", "petra"]
+    kinds += (["petra-aio"] if opts.aio else []) + (["etcd"] if opts.etcd else [])
     tmp = tempfile.mkdtemp(prefix="bench-server-")
     procs = {}
     try:
         for kind in kinds:
             procs[kind] = start(kind, tmp)
-        print(f"{'case':<14}" + "".join(f"{k:>22}" for k in kinds) + "   petra/ceiling")
+        ratios = "   petra/ceiling" + ("  petra/etcd" if opts.etcd else "")
+        print(f"{'case':<14}" + "".join(f"{k:>20}" for k in kinds) + ratios)
         for label, clients, args in CASES:
             total = opts.total // 5 if clients == 1 else opts.total
-            row = {}
-            for kind in kinds:
-                proc, port = procs[kind]
-                row[kind] = run_case(port, proc.pid, clients, args, total)
-            cells = "".join(f"{r:>10.0f}/s {c:>6.0f}us" for r, c in row.values())
-            ratio = row["petra"][0] / row["ceiling"][0] if row["ceiling"][0] else 0.0
-            print(f"{label:<14}{cells}   {ratio:.2f}")
+            runs: dict[str, list[tuple[float, float]]] = {kind: [] for kind in kinds}
+            for round_no in range(opts.rounds):
+                order = kinds if round_no % 2 == 0 else kinds[::-1]
+                for kind in order:
+                    proc, port = procs[kind]
+                    runs[kind].append(run_case(port, proc.pid, clients, args, total))
+            row = {kind: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v))
+                   for kind, v in runs.items()}  # fmt: skip
+            cells = "".join(f"{r:>8.0f}/s {c:>6.0f}us" for r, c in row.values())
+            line = f"{label:<14}{cells}   {row['petra'][0] / max(row['ceiling'][0], 1e-9):>13.2f}"
+            if opts.etcd:
+                line += f"  {row['petra'][0] / max(row['etcd'][0], 1e-9):>10.2f}"
+            print(line, flush=True)
     finally:
         for proc, _ in procs.values():
             proc.terminate()
