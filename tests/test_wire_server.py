@@ -398,9 +398,7 @@ def test_a_path_that_is_not_utf8_is_refused_and_serving_goes_on(petra: Running) 
         conn.start()
         conn.send(frame(HEADERS, END_HEADERS, 1, bytes(block)))
         conn.send(frame(DATA, END_STREAM, 1, grpc_message(b"x")))
-        got, seen = conn.read_until(
-            lambda f: f.stream_id == 1 and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
-        )
+        got, seen = conn.read_stream_end(1)
         assert got is not None, seen
         assert not [f for f in seen if f.type == DATA], seen
     finally:
@@ -1029,9 +1027,7 @@ def test_raw_grpc_timeout_is_enforced_by_the_server(served: Running) -> None:
         conn.start()
         conn.send(frame(HEADERS, END_HEADERS, 1, hpack_literal(headers)))
         conn.send(frame(DATA, END_STREAM, 1, grpc_message(b"raw-deadline")))
-        got, seen = conn.read_until(
-            lambda f: f.stream_id == 1 and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
-        )
+        got, seen = conn.read_stream_end(1)
         assert got is not None, seen
         assert served.probe.wait("cancelled:raw-deadline") == "CancelledError"
     finally:
@@ -1105,9 +1101,7 @@ def test_header_list_over_the_advertised_limit_is_refused(served: Running) -> No
         headers.append(("x-big", "v" * (limit_bytes + 1000)))
         send_header_block(conn, 1, hpack_literal(headers), end_stream=False)
         conn.send(frame(DATA, END_STREAM, 1, grpc_message(b"should not echo")))
-        got, seen = conn.read_until(
-            lambda f: f.stream_id == 1 and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
-        )
+        got, seen = conn.read_stream_end(1)
         assert not [f for f in seen if f.type == DATA and f.stream_id == 1], seen
     finally:
         conn.close()
@@ -1129,9 +1123,7 @@ def test_header_list_over_the_limit_when_decoded_is_refused(petra: Running) -> N
         headers = request_headers(served.port, method("Unary"))
         send_header_block(conn, 1, hpack_literal(headers) + big + value, end_stream=False)
         conn.send(frame(DATA, END_STREAM, 1, grpc_message(b"should not echo")))
-        got, seen = conn.read_until(
-            lambda f: f.stream_id == 1 and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
-        )
+        got, seen = conn.read_stream_end(1)
         assert got is not None and not [f for f in seen if f.type == DATA and f.stream_id == 1]
         status = dict(Decoder().decode(got.payload)).get(b"grpc-status")
         assert status == b"8", got  # RESOURCE_EXHAUSTED

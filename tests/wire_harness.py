@@ -550,6 +550,14 @@ class RawConn:
                 return got, seen
         return None, seen
 
+    def read_stream_end(self, stream_id: int) -> tuple[Frame | None, list[Frame]]:
+        """read_until the stream's last frame: its RST_STREAM or a frame with END_STREAM."""
+        return self.read_until(
+            lambda f: (
+                f.stream_id == stream_id and (f.type == RST_STREAM or bool(f.flags & END_STREAM))
+            )
+        )
+
     def read_all(self) -> bytes:
         """Every byte until the server closes."""
         while self._fill(len(self._buffer) + 1):

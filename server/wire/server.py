@@ -294,7 +294,8 @@ class Call:
         return _status_trailers(self._code, self._details, self._trailing)
 
     def _fail_now(self, code: grpc.StatusCode, details: str) -> None:
-        """Ends the RPC from the transport side (bad request data): status, then reset."""
+        """Ends the RPC now, whatever its handler is doing (bad request data, deadline): the
+        status goes out, then the handler's task is cancelled."""
         if self._done:
             return
         self._code, self._details = code, details
@@ -306,14 +307,7 @@ class Call:
 
     def _deadline_exceeded(self) -> None:
         self._deadline_timer = None
-        if self._done:
-            return
-        self._code, self._details = _C.DEADLINE_EXCEEDED, "Deadline Exceeded"
-        task, self._task = self._task, None
-        self._end_with(None)
-        if task is not None:
-            task.cancel()
-        self._wake_reader()
+        self._fail_now(_C.DEADLINE_EXCEEDED, "Deadline Exceeded")
 
     def _finish(self) -> None:
         if self._done:
