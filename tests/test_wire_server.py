@@ -1547,8 +1547,9 @@ def test_add_insecure_port_returns_0_when_the_port_is_taken() -> None:
 
 
 def test_on_request_and_on_unary_done(loop: LoopThread) -> None:
-    """on_request is called once per RPC with its path (also for unknown methods and
-    streams); on_unary_done once per unary RPC with a duration within the call's."""
+    """on_request is called once per RPC of a known method (streams too) with its path, never
+    for unknown ones (the metrics' labels must not grow with what clients send);
+    on_unary_done once per unary RPC with a duration within the call's."""
     requests: list[str] = []
     dones: list[tuple[str, float]] = []
     running = start_server(
@@ -1561,6 +1562,7 @@ def test_on_request_and_on_unary_done(loop: LoopThread) -> None:
             elapsed_s = time.monotonic() - started
             list(chan.unary_stream(method("StreamWrite"))(stream_spec(2, 1, 1), timeout=5))
             rpc_error(lambda: unary(chan, "Raise", b""))
+            rpc_error(lambda: unary(chan, "NoSuchMethod", b""))
         wait_until(lambda: len(dones) == 2, 5, "two unary completions")
         assert requests == [method("Unary"), method("StreamWrite"), method("Raise")]
         assert [p for p, _ in dones] == [method("Unary"), method("Raise")]

@@ -472,7 +472,7 @@ class Server:
         *,
         max_receive_message_length: int = 4 * 1024 * 1024,
         max_send_message_length: int = 2**31 - 1,
-        on_request: Callable[[str], None] | None = None,
+        on_request: Callable[[str], None] | None = None,  # per RPC of a known method
         on_unary_done: Callable[[str, float], None] | None = None,
         http1: Callable[[bytes], Awaitable[bytes]] | None = None,
     ) -> None:
@@ -541,13 +541,13 @@ class Server:
             conn.send_headers(stream, _encoder.encode([(b":status", b"415")]), True)
             return None
         text = path.decode("latin-1")
-        if self.on_request is not None:
-            self.on_request(text)
         handler = self._lookup(text)
         if handler is None:
             block = RESPONSE_HEADERS + _status_trailers(_C.UNIMPLEMENTED, "Method not found!", ())
             conn.send_headers(stream, block, True)
             return None
+        if self.on_request is not None:  # served methods only: a client cannot grow the labels
+            self.on_request(text)
         return Call(self, conn, stream, text, handler, headers)
 
     # -- life cycle --------------------------------------------------------------------------
