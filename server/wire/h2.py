@@ -147,6 +147,7 @@ class Connection(asyncio.Protocol):
         self._write_resumed: asyncio.Future[None] | None = None
         self.going_away = False
         self.refuse = False
+        self._http1_task: asyncio.Future[None] | None = None
         self.closed = False
         self.peer = ""
 
@@ -162,6 +163,9 @@ class Connection(asyncio.Protocol):
             # Small frames must leave at once: with Nagle, a response queued behind a PING
             # ACK waits for the client's delayed ACK (40 ms).
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # A peer that vanished without a FIN is found by TCP keepalive (Linux: first probe
+            # after 2 h idle), as etcd's 2 h gRPC keepalive finds it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (
@@ -248,7 +252,8 @@ class Connection(asyncio.Protocol):
         if http1 is None:
             self._abandon()
             return
-        asyncio.ensure_future(self._answer_http1(http1, head))
+        # Held here: the loop keeps only a weak reference to a task.
+        self._http1_task = asyncio.ensure_future(self._answer_http1(http1, head))
 
     async def _answer_http1(self, http1: Callable[[bytes], Awaitable[bytes]], head: bytes) -> None:
         try:
