@@ -1423,7 +1423,7 @@ def test_http1_on_the_same_port(loop: LoopThread) -> None:
     heads: list[bytes] = []
     reply = b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"health":"true"}'
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         heads.append(head)
         return reply
 
@@ -1449,7 +1449,7 @@ def test_http1_head_sent_a_byte_at_a_time(loop: LoopThread) -> None:
     starts "PRI " like the HTTP/2 preface (sniffing must wait until the bytes differ)."""
     heads: list[bytes] = []
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         heads.append(head)
         return b"HTTP/1.1 204 No Content\r\n\r\n"
 
@@ -1477,7 +1477,7 @@ def test_http1_garbage_without_a_head_end_is_dropped(loop: LoopThread) -> None:
     seed = new_seed()
     calls: list[bytes] = []
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         calls.append(head)
         return b"HTTP/1.1 200 OK\r\n\r\n"
 
@@ -1504,7 +1504,7 @@ def test_http1_callback_failure_is_a_500(loop: LoopThread) -> None:
     the server keeps serving both HTTP/1 and gRPC."""
     calls: list[bytes] = []
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         calls.append(head)
         if len(calls) == 1:
             raise RuntimeError("callback bug")

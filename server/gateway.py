@@ -1,0 +1,281 @@
+"""etcd 3.4's JSON gateway (grpc-gateway) on the client port: POST /v3/kv/range and friends.
+
+Theory of operation. h2.py hands each HTTP/1 request (head and Content-Length body) on the
+client port to server/main.py, which sends /v3/ paths here. `answer` finds the gRPC method
+for the path in ROUTES (etcd's `google.api.http` annotations), parses the body as that
+method's request with protobuf's JSON mapping (proto or lowerCamel field names, bytes as
+base64, int64 as string or number, unknown fields ignored, as etcd's jsonpb unmarshaler does),
+calls the servicer registered on the wire Server directly (no HTTP/2 round trip) with a small
+context, and writes the answer as etcd's gateway does: compact JSON with the .proto field
+names, 64-bit integers as strings, defaults omitted. A gRPC error becomes
+`{"error": text, "message": text, "code": n}` with grpc-gateway v1's HTTP status for the code.
+
+Only unary methods are served. etcd also streams watch, lease keep-alive, snapshot and
+election observe over chunked HTTP/1.1; petra's HTTP/1 path answers once and closes, so those
+paths answer 501 with a gRPC UNIMPLEMENTED error body instead.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from api.etcdserverpb import rpc_pb2
+from api.v3electionpb import v3election_pb2
+from api.v3lockpb import v3lock_pb2
+
+_KV, _LEASE = "/etcdserverpb.KV/", "/etcdserverpb.Lease/"
+_MAINT, _CLUSTER = "/etcdserverpb.Maintenance/", "/etcdserverpb.Cluster/"
+_LOCK, _ELECTION = "/v3lockpb.Lock/", "/v3electionpb.Election/"
+
+# HTTP path -> (gRPC method path, request class), from etcd 3.4's .proto annotations.
+# /v3/maintenance/hash is Hash (HashKV has no route of its own in 3.4: 404).
+ROUTES: dict[str, tuple[str, type[Message]]] = {
+    "/v3/kv/range": (_KV + "Range", rpc_pb2.RangeRequest),
+    "/v3/kv/put": (_KV + "Put", rpc_pb2.PutRequest),
+    "/v3/kv/deleterange": (_KV + "DeleteRange", rpc_pb2.DeleteRangeRequest),
+    "/v3/kv/txn": (_KV + "Txn", rpc_pb2.TxnRequest),
+    "/v3/kv/compaction": (_KV + "Compact", rpc_pb2.CompactionRequest),
+    "/v3/lease/grant": (_LEASE + "LeaseGrant", rpc_pb2.LeaseGrantRequest),
+    "/v3/lease/revoke": (_LEASE + "LeaseRevoke", rpc_pb2.LeaseRevokeRequest),
+    "/v3/kv/lease/revoke": (_LEASE + "LeaseRevoke", rpc_pb2.LeaseRevokeRequest),
+    "/v3/lease/timetolive": (_LEASE + "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest),
+    "/v3/kv/lease/timetolive": (_LEASE + "LeaseTimeToLive", rpc_pb2.LeaseTimeToLiveRequest),
+    "/v3/lease/leases": (_LEASE + "LeaseLeases", rpc_pb2.LeaseLeasesRequest),
+    "/v3/kv/lease/leases": (_LEASE + "LeaseLeases", rpc_pb2.LeaseLeasesRequest),
+    "/v3/maintenance/alarm": (_MAINT + "Alarm", rpc_pb2.AlarmRequest),
+    "/v3/maintenance/status": (_MAINT + "Status", rpc_pb2.StatusRequest),
+    "/v3/maintenance/defragment": (_MAINT + "Defragment", rpc_pb2.DefragmentRequest),
+    "/v3/maintenance/hash": (_MAINT + "Hash", rpc_pb2.HashRequest),
+    "/v3/maintenance/transfer-leadership": (_MAINT + "MoveLeader", rpc_pb2.MoveLeaderRequest),
+    "/v3/cluster/member/add": (_CLUSTER + "MemberAdd", rpc_pb2.MemberAddRequest),
+    "/v3/cluster/member/remove": (_CLUSTER + "MemberRemove", rpc_pb2.MemberRemoveRequest),
+    "/v3/cluster/member/update": (_CLUSTER + "MemberUpdate", rpc_pb2.MemberUpdateRequest),
+    "/v3/cluster/member/list": (_CLUSTER + "MemberList", rpc_pb2.MemberListRequest),
+    "/v3/cluster/member/promote": (_CLUSTER + "MemberPromote", rpc_pb2.MemberPromoteRequest),
+    "/v3/lock/lock": (_LOCK + "Lock", v3lock_pb2.LockRequest),
+    "/v3/lock/unlock": (_LOCK + "Unlock", v3lock_pb2.UnlockRequest),
+    "/v3/election/campaign": (_ELECTION + "Campaign", v3election_pb2.CampaignRequest),
+    "/v3/election/proclaim": (_ELECTION + "Proclaim", v3election_pb2.ProclaimRequest),
+    "/v3/election/leader": (_ELECTION + "Leader", v3election_pb2.LeaderRequest),
+    "/v3/election/resign": (_ELECTION + "Resign", v3election_pb2.ResignRequest),
+}
+# etcd streams these over chunked HTTP/1.1; petra does not (see the module docstring).
+STREAMS = frozenset(
+    ("/v3/watch", "/v3/lease/keepalive", "/v3/maintenance/snapshot", "/v3/election/observe")
+)
+
+_C = grpc.StatusCode
+# grpc-gateway v1 (as vendored by etcd 3.4): HTTPStatusFromCode.
+HTTP_STATUS = {
+    _C.OK: 200,
+    _C.CANCELLED: 408,
+    _C.UNKNOWN: 500,
+    _C.INVALID_ARGUMENT: 400,
+    _C.DEADLINE_EXCEEDED: 504,
+    _C.NOT_FOUND: 404,
+    _C.ALREADY_EXISTS: 409,
+    _C.PERMISSION_DENIED: 403,
+    _C.UNAUTHENTICATED: 401,
+    _C.RESOURCE_EXHAUSTED: 429,
+    _C.FAILED_PRECONDITION: 412,
+    _C.ABORTED: 409,
+    _C.OUT_OF_RANGE: 400,
+    _C.UNIMPLEMENTED: 501,
+    _C.INTERNAL: 500,
+    _C.UNAVAILABLE: 503,
+    _C.DATA_LOSS: 500,
+}
+REASONS = {
+    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
+    412: "Precondition Failed", 429: "Too Many Requests", 500: "Internal Server Error",
+    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
+}  # fmt: skip
+# etcd answers every gateway response with these (its CORS wrapper and grpc-gateway's header).
+COMMON_HEADERS = (
+    "Access-Control-Allow-Headers: accept, content-type, authorization\r\n"
+    "Access-Control-Allow-Methods: POST, GET, OPTIONS, PUT, DELETE\r\n"
+    "Access-Control-Allow-Origin: *\r\n"
+)
+
+Lookup = Callable[[str], Any]  # wire Server.handler_for
+
+
+class GatewayError(Exception):
+    """A gRPC status to answer with (from the servicer's abort or from parsing the body)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+class GatewayContext:
+    """What petra's servicers use of a grpc.aio context, for one gateway call."""
+
+    def __init__(self, peer: str = "") -> None:
+        self._peer = peer
+        self.code = _C.OK
+        self.details = ""
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing: Any = ()) -> None:
+        raise GatewayError(code, details)
+
+    def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        return ()
+
+    def peer(self) -> str:
+        return self._peer
+
+    def time_remaining(self) -> float | None:
+        return None  # grpc-gateway sets no deadline unless the client sends Grpc-Timeout
+
+    def cancelled(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return False
+
+    def set_code(self, code: grpc.StatusCode) -> None:
+        self.code = code
+
+    def set_details(self, details: str) -> None:
+        self.details = details
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        pass
+
+    def add_done_callback(self, callback: Any) -> None:
+        pass
+
+
+def _response(status: int, content_type: str, body: bytes, extra: str = "") -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n{COMMON_HEADERS}{extra}"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("latin-1") + body
+
+
+def _error(code: grpc.StatusCode, details: str) -> bytes:
+    body = {"error": details, "message": details, "code": code.value[0]}
+    return _response(HTTP_STATUS.get(code, 500), "application/json", _dumps(body))
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _go_json_error(text: str, exc: json.JSONDecodeError) -> str:
+    """The message Go's encoding/json gives for the syntax error Python found."""
+    if exc.pos >= len(text.rstrip()):
+        return "unexpected EOF"
+    char = text[exc.pos]
+    if exc.msg.startswith("Expecting property name"):
+        return f"invalid character {char!r} looking for beginning of object key string"
+    if exc.msg == "Expecting ':' delimiter":
+        return f"invalid character {char!r} after object key"
+    if exc.msg == "Expecting ',' delimiter":
+        # Python says this inside arrays too; objects are what requests are made of.
+        return f"invalid character {char!r} after object key:value pair"
+    return f"invalid character {char!r} looking for beginning of value"
+
+
+_GO_KINDS = {list: "array", str: "string", bool: "bool", int: "number", float: "number"}
+
+
+def parse_request(body: bytes, request_class: type[Message]) -> Message:
+    """The request from the JSON body; GatewayError(INVALID_ARGUMENT) as etcd words it."""
+    text = body.decode("utf-8", errors="replace")
+    value: Any = None
+    if text.strip():
+        try:
+            # Go's decoder reads one value and ignores what follows it.
+            value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
+        except json.JSONDecodeError as exc:
+            raise GatewayError(_C.INVALID_ARGUMENT, _go_json_error(text, exc)) from exc
+    request = request_class()
+    if value is None:  # an empty body or `null`: the empty request
+        return request
+    if not isinstance(value, dict):
+        kind = _GO_KINDS.get(type(value), "value")
+        raise GatewayError(
+            _C.INVALID_ARGUMENT,
+            f"json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage",
+        )
+    try:
+        json_format.ParseDict(value, request, ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        raise GatewayError(_C.INVALID_ARGUMENT, str(exc)) from exc
+    return request
+
+
+async def call(lookup: Lookup, method: str, request: Message, peer: str = "") -> Message:
+    """Runs the unary servicer method on `request`; GatewayError for a non-OK status."""
+    handler = lookup(method)
+    if handler is None or handler.unary_unary is None:
+        raise GatewayError(_C.UNIMPLEMENTED, f"unknown service {method}")
+    context = GatewayContext(peer)
+    try:
+        result = handler.unary_unary(request, context)
+        if inspect.isawaitable(result):
+            result = await result
+    except GatewayError:
+        raise
+    except Exception as exc:  # what grpc.aio reports for a handler that raised
+        raise GatewayError(_C.UNKNOWN, f"Unexpected {type(exc)}: {exc}") from exc
+    if context.code != _C.OK:
+        raise GatewayError(context.code, context.details)
+    assert isinstance(result, Message), f"{method} returned {type(result)}"
+    return result
+
+
+def to_json(message: Message) -> bytes:
+    """etcd's jsonpb output: proto field names, 64-bit integers as strings, defaults omitted."""
+    return _dumps(json_format.MessageToDict(message, preserving_proto_field_name=True))
+
+
+def is_gateway_request(head: bytes) -> bool:
+    """Whether the request's path is under /v3/ (the gateway's; the rest is /health etc.)."""
+    return _request_line(head)[1].startswith("/v3/")
+
+
+def _request_line(head: bytes) -> tuple[str, str]:
+    parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+    if len(parts) != 3:
+        return "", ""
+    return parts[0], parts[1].split("?", 1)[0]
+
+
+async def answer(lookup: Lookup, head: bytes, body: bytes) -> bytes:
+    """The whole HTTP/1.1 response to one /v3/ request."""
+    method, path = _request_line(head)
+    route = ROUTES.get(path)
+    if route is None and path not in STREAMS:
+        return _response(404, "text/plain; charset=utf-8", b"Not Found\n", _NOSNIFF)
+    if method != "POST":
+        return _response(405, "text/plain; charset=utf-8", b"Method Not Allowed\n", _NOSNIFF)
+    if route is None:
+        return _error(_C.UNIMPLEMENTED, f"petra: {path} streams; use gRPC")
+    grpc_method, request_class = route
+    try:
+        request = parse_request(body, request_class)
+        response = await call(lookup, grpc_method, request)
+    except GatewayError as exc:
+        return _error(exc.code, exc.details)
+    return _response(
+        200,
+        "application/json",
+        to_json(response),
+        "Grpc-Metadata-Content-Type: application/grpc\r\n",
+    )
+
+
+_NOSNIFF = "X-Content-Type-Options: nosniff\r\n"
