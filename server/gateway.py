@@ -20,10 +20,11 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from api.etcdserverpb import rpc_pb2
@@ -210,11 +211,102 @@ def parse_request(body: bytes, request_class: type[Message]) -> Message:
             _C.INVALID_ARGUMENT,
             f"json: cannot unmarshal {kind} into Go value of type map[string]json.RawMessage",
         )
+    _check_fields(value, request.DESCRIPTOR)
     try:
         json_format.ParseDict(value, request, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise GatewayError(_C.INVALID_ARGUMENT, str(exc)) from exc
     return request
+
+
+_B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_INT_TYPES = {
+    FieldDescriptor.TYPE_INT64: "int64",
+    FieldDescriptor.TYPE_UINT64: "uint64",
+    FieldDescriptor.TYPE_INT32: "int32",
+    FieldDescriptor.TYPE_UINT32: "uint32",
+}
+
+
+def _go_kind(value: Any) -> str:
+    return "object" if isinstance(value, dict) else _GO_KINDS.get(type(value), "value")
+
+
+def _check_fields(value: dict[str, Any], descriptor: Descriptor) -> None:
+    """The errors Go's jsonpb gives for a value of the wrong form, which protobuf's Python
+    parser words differently; what passes here is left to json_format."""
+    fields = {**descriptor.fields_by_name, **{f.json_name: f for f in descriptor.fields}}
+    for name, item in value.items():
+        field = fields.get(name)
+        if field is None or item is None:
+            continue
+        if not field.is_repeated:
+            _check_value(item, field)
+        elif not isinstance(item, list):
+            _bad(f"json: cannot unmarshal {_go_kind(item)} into Go value of type []json.RawMessage")
+        else:
+            for element in item:
+                _check_value(element, field)
+
+
+def _go_enum_name(field: FieldDescriptor) -> str:
+    package, _, name = field.enum_type.full_name.partition(".")
+    return f"{package}.{name.replace('.', '_')}"
+
+
+def _cannot(value: Any, go_type: str) -> NoReturn:
+    _bad(f"json: cannot unmarshal {_go_kind(value)} into Go value of type {go_type}")
+
+
+def _check_value(value: Any, field: FieldDescriptor) -> None:
+    kind = field.type
+    if kind == FieldDescriptor.TYPE_BYTES:
+        if not isinstance(value, str):
+            _cannot(value, "[]uint8")
+        _check_base64(value.encode())
+    elif kind == FieldDescriptor.TYPE_BOOL:
+        if not isinstance(value, bool):
+            _cannot(value, "bool")
+    elif kind == FieldDescriptor.TYPE_ENUM:
+        if isinstance(value, str):
+            if value not in field.enum_type.values_by_name:
+                _bad(f'unknown value "{value}" for enum {_go_enum_name(field)}')
+        elif not isinstance(value, int) or isinstance(value, bool):
+            _cannot(value, _go_enum_name(field))
+    elif kind in _INT_TYPES:
+        _check_integer(value, _INT_TYPES[kind])
+    elif kind == FieldDescriptor.TYPE_MESSAGE:
+        if not isinstance(value, dict):
+            _cannot(value, "map[string]json.RawMessage")
+        _check_fields(value, field.message_type)
+
+
+def _check_integer(value: Any, go_type: str) -> None:
+    text = value.strip() if isinstance(value, str) else value
+    if isinstance(text, str):
+        try:
+            number = json.loads(text)
+        except ValueError:
+            _bad(f"invalid character {text[:1]!r} looking for beginning of value")
+        if isinstance(number, float):
+            _bad(f"json: cannot unmarshal number {text} into Go value of type {go_type}")
+    elif isinstance(value, float):
+        _bad(f"json: cannot unmarshal number {value} into Go value of type {go_type}")
+    elif not isinstance(value, int) or isinstance(value, bool):
+        _cannot(value, go_type)
+
+
+def _check_base64(data: bytes) -> None:
+    """Go's base64.StdEncoding: the offset of the first byte it refuses."""
+    for index, byte in enumerate(data):
+        if byte not in _B64_ALPHABET or (byte == 0x3D and index < len(data) - 2):
+            _bad(f"illegal base64 data at input byte {index}")
+    if len(data) % 4:  # an unfinished last quantum is reported at its start
+        _bad(f"illegal base64 data at input byte {len(data) - len(data) % 4}")
+
+
+def _bad(text: str) -> NoReturn:
+    raise GatewayError(_C.INVALID_ARGUMENT, text)
 
 
 async def call(lookup: Lookup, method: str, request: Message, peer: str = "") -> Message:

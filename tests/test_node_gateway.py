@@ -151,6 +151,43 @@ def test_request_errors(pair: tuple[Node, Node]) -> None:
     assert both(pair, "/v3/kv/range", None, method="GET") == (405, "Method Not Allowed\n")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"key": 5}',
+        b'{"key": "!!!"}',
+        b'{"key": "Zm9"}',
+        b'{"key": "Z=m9"}',
+        b'{"key": "eA==", "limit": true}',
+        b'{"key": "eA==", "limit": 1.5}',
+        b'{"key": "eA==", "limit": "1.5"}',
+        b'{"key": "eA==", "limit": "x"}',
+        b'{"key": "eA==", "limit": {}}',
+        b'{"key": "eA==", "serializable": "x"}',
+        b'{"key": "eA==", "sort_order": "NOPE"}',
+        b'{"key": "eA==", "sort_order": true}',
+        b'{"key": "eA==", "sortOrder": "DESCEND", "limit": "-3"}',
+    ],
+)
+def test_range_field_errors(pair: tuple[Node, Node], body: bytes) -> None:
+    """A field of the wrong form gets Go's jsonpb message (400, code 3) on both; lowerCamel
+    names and negative limits are accepted."""
+    both(pair, "/v3/kv/range", body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"compare": [{"key": "eA==", "result": "NOPE"}]}',
+        b'{"compare": {"key": "eA=="}}',
+        b'{"success": [{"request_put": "x"}]}',
+    ],
+)
+def test_txn_field_errors(pair: tuple[Node, Node], body: bytes) -> None:
+    """Wrong forms inside repeated and nested fields: Go's messages on both."""
+    both(pair, "/v3/kv/txn", body)
+
+
 def test_lease_paths(pair: tuple[Node, Node]) -> None:
     """LeaseGrant with a chosen ID, TimeToLive with keys, Leases, Revoke, through both the
     /v3/lease/ paths and etcd's /v3/kv/lease/ aliases."""
