@@ -346,8 +346,9 @@ def _request_line(head: bytes) -> tuple[str, str]:
     return parts[0], parts[1].split("?", 1)[0]
 
 
-async def answer(lookup: Lookup, head: bytes, body: bytes) -> bytes:
-    """The whole HTTP/1.1 response to one /v3/ request."""
+async def answer(lookup: Lookup, head: bytes, body: bytes, max_message_bytes: int) -> bytes:
+    """The whole HTTP/1.1 response to one /v3/ request; a request that would be a gRPC
+    message over `max_message_bytes` is refused as the gRPC server would."""
     method, path = _request_line(head)
     route = ROUTES.get(path)
     if route is None and path not in STREAMS:
@@ -359,6 +360,12 @@ async def answer(lookup: Lookup, head: bytes, body: bytes) -> bytes:
     grpc_method, request_class = route
     try:
         request = parse_request(body, request_class)
+        size = request.ByteSize()
+        if size > max_message_bytes:  # what etcd's gateway gets back from its gRPC server
+            raise GatewayError(
+                _C.RESOURCE_EXHAUSTED,
+                f"grpc: received message larger than max ({size} vs. {max_message_bytes})",
+            )
         response = await call(lookup, grpc_method, request)
     except GatewayError as exc:
         return _error(exc.code, exc.details)

@@ -69,7 +69,9 @@ def _grpc_server(config: Config, health: Callable[[], Awaitable[bool]]) -> Any:
     async def http1(head: bytes, body: bytes) -> bytes:
         # etcd's cmux sends /v3/ to its grpc-gateway and the rest to /health and friends.
         if gateway.is_gateway_request(head):
-            return await gateway.answer(server.handler_for, head, body)
+            return await gateway.answer(
+                server.handler_for, head, body, server.max_receive_message_length
+            )
         return await http_endpoints.answer(head, health)
 
     server = Server(

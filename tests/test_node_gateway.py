@@ -188,6 +188,18 @@ def test_txn_field_errors(pair: tuple[Node, Node], body: bytes) -> None:
     both(pair, "/v3/kv/txn", body)
 
 
+@pytest.mark.parametrize(
+    ("value_bytes", "expected"), [(1_600_000, (400, 3)), (2_200_000, (429, 8))]
+)
+def test_large_put(pair: tuple[Node, Node], value_bytes: int, expected: tuple[int, int]) -> None:
+    """A value over --max-request-bytes (1.5 MiB): 400 "request is too large"; one whose
+    message exceeds the gRPC limit (2 MiB): 429 with gRPC's own message. Their JSON bodies
+    (base64) are larger than the message, and still read whole."""
+    body = {"key": b64("big"), "value": base64.b64encode(b"x" * value_bytes).decode()}
+    status, answer = both(pair, "/v3/kv/put", body)
+    assert (status, answer["code"]) == expected
+
+
 def test_lease_paths(pair: tuple[Node, Node]) -> None:
     """LeaseGrant with a chosen ID, TimeToLive with keys, Leases, Revoke, through both the
     /v3/lease/ paths and etcd's /v3/kv/lease/ aliases."""

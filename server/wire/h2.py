@@ -13,10 +13,11 @@ as handlers consume it, because the gRPC layer bounds what it buffers itself (a 
 the size limit fails its stream at once). That keeps a 1.5 MiB Put to one round trip.
 
 A connection whose first bytes are not the HTTP/2 client preface is HTTP/1.x: its request head
-and body (Content-Length bytes, at most the dispatcher's max_receive_message_length; a chunked
-body is refused with 411, a longer one with 413) go to the `http1` callback, and the answer is
-written before closing: one request per connection, no keep-alive (etcd serves /health, /version,
-/metrics and its JSON gateway on the client port the same way, through cmux).
+and body (Content-Length bytes, at most twice the dispatcher's max_receive_message_length, as
+JSON spells bytes in base64; a chunked body is refused with 411, a longer one with 413) go to
+the `http1` callback, and the answer is written before closing: one request per connection, no
+keep-alive (etcd serves /health, /version, /metrics and its JSON gateway on the client port the
+same way, through cmux).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ RECV_CONN_WINDOW = 16 << 20
 RECV_MAX_FRAME_SIZE = 1 << 18
 HEADER_LIST_MAX = 64 << 10
 HTTP1_HEAD_MAX = 8192
+HTTP1_BODY_FACTOR = 2  # an HTTP/1 body may be this many times max_receive_message_length
 
 _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
@@ -277,7 +279,11 @@ class Connection(asyncio.Protocol):
         if self.dispatcher.http1 is None:
             self._abandon()
             return
-        refusal, length = _http1_body_length(head, self.dispatcher.max_receive_message_length)
+        # JSON carries bytes in base64 (4/3 of their size) and names every field: twice the
+        # gRPC message limit lets every request gRPC would take arrive (the JSON gateway checks
+        # the decoded request against the limit itself, with gRPC's error).
+        limit_bytes = HTTP1_BODY_FACTOR * self.dispatcher.max_receive_message_length
+        refusal, length = _http1_body_length(head, limit_bytes)
         if refusal:
             self._mode = 3
             self._buf.clear()
