@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from api.etcdserverpb import rpc_pb2
@@ -232,7 +232,7 @@ def _go_kind(value: Any) -> str:
     return "object" if isinstance(value, dict) else _GO_KINDS.get(type(value), "value")
 
 
-def _check_fields(value: dict[str, Any], descriptor: Descriptor) -> None:
+def _check_fields(value: dict[str, Any], descriptor: Any) -> None:  # a message Descriptor
     """The errors Go's jsonpb gives for a value of the wrong form, which protobuf's Python
     parser words differently; what passes here is left to json_format."""
     fields = {**descriptor.fields_by_name, **{f.json_name: f for f in descriptor.fields}}
@@ -250,8 +250,14 @@ def _check_fields(value: dict[str, Any], descriptor: Descriptor) -> None:
 
 
 def _go_enum_name(field: FieldDescriptor) -> str:
+    assert field.enum_type is not None, field.full_name
     package, _, name = field.enum_type.full_name.partition(".")
     return f"{package}.{name.replace('.', '_')}"
+
+
+def _enum_values(field: FieldDescriptor) -> Any:
+    assert field.enum_type is not None, field.full_name
+    return field.enum_type.values_by_name
 
 
 def _cannot(value: Any, go_type: str) -> NoReturn:
@@ -269,7 +275,7 @@ def _check_value(value: Any, field: FieldDescriptor) -> None:
             _cannot(value, "bool")
     elif kind == FieldDescriptor.TYPE_ENUM:
         if isinstance(value, str):
-            if value not in field.enum_type.values_by_name:
+            if value not in _enum_values(field):
                 _bad(f'unknown value "{value}" for enum {_go_enum_name(field)}')
         elif not isinstance(value, int) or isinstance(value, bool):
             _cannot(value, _go_enum_name(field))

@@ -13,6 +13,7 @@ answer 501, chunked and oversized bodies are refused.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import pathlib
@@ -22,8 +23,11 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import grpc
 import pytest
 
+from api.etcdserverpb import rpc_pb2
+from server import gateway
 from tests import nodes
 from tests.nodes import Node
 
@@ -348,3 +352,59 @@ def test_body_in_many_segments_and_health_unchanged(pair: tuple[Node, Node]) -> 
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["header"]["revision"]
     health = raw_http(petra, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     assert health.startswith(b"HTTP/1.1 200 ") and health.endswith(b'{"health":"true"}')
+
+
+# --- the gateway module without a node -------------------------------------------------------
+
+
+def gateway_answer(behaviour: Any, body: bytes = b'{"key": "eA=="}') -> tuple[int, Any]:
+    """Runs gateway.answer for POST /v3/kv/range against a fake Range servicer."""
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+
+    def lookup(path: str) -> Any:
+        return handler if path == "/etcdserverpb.KV/Range" else None
+
+    head = b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = asyncio.run(gateway.answer(lookup, head, body, 1 << 20))
+    status_line, _, rest = raw.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.split(b"\r\n\r\n", 1)[1])
+
+
+def test_servicer_outcomes_become_etcd_errors() -> None:
+    """A handler that raises is 500/UNKNOWN with grpc.aio's text; abort, and set_code with
+    set_details, give their code and the grpc-gateway status; success is the JSON answer."""
+
+    async def raises(request: Any, context: Any) -> Any:
+        raise RuntimeError("boom")
+
+    async def aborts(request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not learner")
+
+    async def sets_code(request: Any, context: Any) -> Any:
+        context.set_code(grpc.StatusCode.UNAVAILABLE)
+        context.set_details("etcdserver: leader changed")
+        return rpc_pb2.RangeResponse()
+
+    def answers(request: Any, context: Any) -> Any:  # a sync handler is fine too
+        assert context.invocation_metadata() == () and not context.cancelled()
+        return rpc_pb2.RangeResponse(count=2**40, kvs=[{"key": request.key, "value": b""}])
+
+    error = "Unexpected <class 'RuntimeError'>: boom"
+    assert gateway_answer(raises) == (500, {"error": error, "message": error, "code": 2})
+    assert gateway_answer(aborts)[0] == 412 and gateway_answer(aborts)[1]["code"] == 9
+    assert gateway_answer(sets_code) == (
+        503,
+        {
+            "error": "etcdserver: leader changed",
+            "message": "etcdserver: leader changed",
+            "code": 14,
+        },
+    )
+    assert gateway_answer(answers) == (200, {"kvs": [{"key": "eA=="}], "count": str(2**40)})
+
+
+def test_route_without_a_registered_service() -> None:
+    """A known path whose service is not registered on the server answers 501 UNIMPLEMENTED."""
+    head = b"POST /v3/lock/lock HTTP/1.1\r\n\r\n"
+    raw = asyncio.run(gateway.answer(lambda path: None, head, b"{}", 1 << 20))
+    assert raw.startswith(b"HTTP/1.1 501 ") and b'"code":12' in raw
