@@ -107,6 +107,7 @@ COMMON_HEADERS = (
 )
 
 Lookup = Callable[[str], Any]  # wire Server.handler_for
+OnRequest = Callable[[str], None]  # wire Server.on_request: a metric per method
 
 
 class GatewayError(Exception):
@@ -315,12 +316,18 @@ def _bad(text: str) -> NoReturn:
     raise GatewayError(_C.INVALID_ARGUMENT, text)
 
 
-async def call(lookup: Lookup, method: str, request: Message, peer: str = "") -> Message:
-    """Runs the unary servicer method on `request`; GatewayError for a non-OK status."""
+async def call(
+    lookup: Lookup, method: str, request: Message, on_request: OnRequest | None = None
+) -> Message:
+    """Runs the unary servicer method on `request`; GatewayError for a non-OK status.
+    `on_request(method)` counts the call as the gRPC server counts its own (etcd's gateway
+    is a gRPC client of its server, so its calls show in the same metrics)."""
     handler = lookup(method)
     if handler is None or handler.unary_unary is None:
         raise GatewayError(_C.UNIMPLEMENTED, f"unknown service {method}")
-    context = GatewayContext(peer)
+    if on_request is not None:
+        on_request(method)
+    context = GatewayContext()
     try:
         result = handler.unary_unary(request, context)
         if inspect.isawaitable(result):
@@ -352,7 +359,13 @@ def _request_line(head: bytes) -> tuple[str, str]:
     return parts[0], parts[1].split("?", 1)[0]
 
 
-async def answer(lookup: Lookup, head: bytes, body: bytes, max_message_bytes: int) -> bytes:
+async def answer(
+    lookup: Lookup,
+    head: bytes,
+    body: bytes,
+    max_message_bytes: int,
+    on_request: OnRequest | None = None,
+) -> bytes:
     """The whole HTTP/1.1 response to one /v3/ request; a request that would be a gRPC
     message over `max_message_bytes` is refused as the gRPC server would."""
     method, path = _request_line(head)
@@ -372,7 +385,7 @@ async def answer(lookup: Lookup, head: bytes, body: bytes, max_message_bytes: in
                 _C.RESOURCE_EXHAUSTED,
                 f"grpc: received message larger than max ({size} vs. {max_message_bytes})",
             )
-        response = await call(lookup, grpc_method, request)
+        response = await call(lookup, grpc_method, request, on_request)
     except GatewayError as exc:
         return _error(exc.code, exc.details)
     return _response(

@@ -70,7 +70,11 @@ def _grpc_server(config: Config, health: Callable[[], Awaitable[bool]]) -> Any:
         # etcd's cmux sends /v3/ to its grpc-gateway and the rest to /health and friends.
         if gateway.is_gateway_request(head):
             return await gateway.answer(
-                server.handler_for, head, body, server.max_receive_message_length
+                server.handler_for,
+                head,
+                body,
+                server.max_receive_message_length,
+                server.on_request,
             )
         return await http_endpoints.answer(head, health)
 

@@ -354,6 +354,24 @@ def test_body_in_many_segments_and_health_unchanged(pair: tuple[Node, Node]) -> 
     assert health.startswith(b"HTTP/1.1 200 ") and health.endswith(b'{"health":"true"}')
 
 
+def test_gateway_calls_are_counted(pair: tuple[Node, Node]) -> None:
+    """A gateway call adds one to petra's per-method request counter, as a gRPC call does
+    (etcd's gateway is a gRPC client of its own server)."""
+    petra = pair[1]
+    line = 'petra_grpc_requests_total{method="/etcdserverpb.Maintenance/Defragment"}'
+
+    def count() -> int:
+        url = f"http://127.0.0.1:{petra.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            text = resp.read().decode()
+        found = [x for x in text.splitlines() if x.startswith(line + " ")]
+        return int(float(found[0].split()[-1])) if found else 0
+
+    before = count()
+    assert post(petra, "/v3/maintenance/defragment", {}) == (200, {})
+    assert count() == before + 1
+
+
 # --- the gateway module without a node -------------------------------------------------------
 
 
