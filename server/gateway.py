@@ -369,11 +369,30 @@ async def answer(
     """The whole HTTP/1.1 response to one /v3/ request; a request that would be a gRPC
     message over `max_message_bytes` is refused as the gRPC server would."""
     method, path = _request_line(head)
+    if method == "OPTIONS":  # etcd's CORS wrapper answers preflights before any routing
+        return (f"HTTP/1.1 200 OK\r\n{COMMON_HEADERS}Content-Length: 0\r\n"
+                "Connection: close\r\n\r\n").encode()  # fmt: skip
     route = ROUTES.get(path)
     if route is None and path not in STREAMS:
-        return _response(404, "text/plain; charset=utf-8", b"Not Found\n", _NOSNIFF)
-    if method != "POST":
-        return _response(405, "text/plain; charset=utf-8", b"Method Not Allowed\n", _NOSNIFF)
+        reply = _response(404, "text/plain; charset=utf-8", b"Not Found\n", _NOSNIFF)
+    elif method != "POST":
+        reply = _response(405, "text/plain; charset=utf-8", b"Method Not Allowed\n", _NOSNIFF)
+    else:
+        return await _post(lookup, route, path, body, max_message_bytes, on_request)
+    if method == "HEAD":
+        return reply[: reply.index(b"\r\n\r\n") + 4]
+    return reply
+
+
+async def _post(
+    lookup: Lookup,
+    route: tuple[str, type[Message]] | None,
+    path: str,
+    body: bytes,
+    max_message_bytes: int,
+    on_request: OnRequest | None,
+) -> bytes:
+    """The answer to a POST on a gateway path: the servicer's response or its error."""
     if route is None:
         return _error(_C.UNIMPLEMENTED, f"petra: {path} streams; use gRPC")
     grpc_method, request_class = route

@@ -153,6 +153,11 @@ def test_request_errors(pair: tuple[Node, Node]) -> None:
     assert both(pair, "/v3/nothing", {}) == (404, "Not Found\n")
     assert both(pair, "/v3/kv/nothing", {}) == (404, "Not Found\n")
     assert both(pair, "/v3/kv/range", None, method="GET") == (405, "Method Not Allowed\n")
+    assert both(pair, "/v3/kv/range", None, method="HEAD") == (405, "")
+    assert both(pair, "/v3/kv/range", None, method="OPTIONS") == (200, "")
+    both(pair, "/v3/kv/range/", {"key": b64("x")})
+    both(pair, "/v3/kv/Range", {"key": b64("x")})
+    both(pair, "/v3/kv/range?x=1", {"key": b64("x")})
 
 
 @pytest.mark.parametrize(
