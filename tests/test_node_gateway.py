@@ -257,6 +257,15 @@ def test_maintenance_and_cluster(pair: tuple[Node, Node]) -> None:
         assert member.pop("clientURLs") == [node.url]
         assert member.pop("peerURLs") == [f"http://127.0.0.1:{node.peer_port}"]
     assert normalize(members[1]) == normalize(members[0])
+    # Each node's own ID: promoting a voter is FAILED_PRECONDITION (412).
+    promotes = [
+        post(n, "/v3/cluster/member/promote", {"ID": body["header"]["member_id"]})
+        for n, (_status, body) in zip((etcd, petra), members, strict=True)
+    ]
+    assert promotes[1] == promotes[0] and promotes[0][0] == 412
+    both(pair, "/v3/cluster/member/remove", {"ID": "12345"})
+    both(pair, "/v3/cluster/member/update", {"ID": "12345", "peerURLs": ["http://127.0.0.1:1"]})
+    both(pair, "/v3/maintenance/transfer-leadership", {})
 
 
 def test_lock_unlock(pair: tuple[Node, Node]) -> None:
