@@ -63,18 +63,28 @@ def _grpc_server(config: Config, health: Callable[[], Awaitable[bool]]) -> Any:
     metrics = _optional("server.metrics")
     if os.environ.get("PETRA_GRPC") == "aio":
         return _aio_server(config, metrics)
-    from . import http_endpoints
+    from . import gateway, http_endpoints
     from .wire.server import Server
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
+        # etcd's cmux sends /v3/ to its grpc-gateway and the rest to /health and friends.
+        if gateway.is_gateway_request(head):
+            return await gateway.answer(
+                server.handler_for,
+                head,
+                body,
+                server.max_receive_message_length,
+                server.on_request,
+            )
         return await http_endpoints.answer(head, health)
 
-    return Server(
+    server = Server(
         max_receive_message_length=config.max_request_bytes + GRPC_OVERHEAD_BYTES,
         on_request=metrics.REQUESTS.inc if metrics is not None else None,
         on_unary_done=metrics.REQUEST_SECONDS.observe if metrics is not None else None,
         http1=http1,
     )
+    return server
 
 
 def _aio_server(config: Config, metrics: Any) -> Any:

@@ -1423,7 +1423,7 @@ def test_http1_on_the_same_port(loop: LoopThread) -> None:
     heads: list[bytes] = []
     reply = b'HTTP/1.1 200 OK\r\nContent-Length: 16\r\n\r\n{"health":"true"}'
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         heads.append(head)
         return reply
 
@@ -1449,7 +1449,7 @@ def test_http1_head_sent_a_byte_at_a_time(loop: LoopThread) -> None:
     starts "PRI " like the HTTP/2 preface (sniffing must wait until the bytes differ)."""
     heads: list[bytes] = []
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         heads.append(head)
         return b"HTTP/1.1 204 No Content\r\n\r\n"
 
@@ -1477,7 +1477,7 @@ def test_http1_garbage_without_a_head_end_is_dropped(loop: LoopThread) -> None:
     seed = new_seed()
     calls: list[bytes] = []
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         calls.append(head)
         return b"HTTP/1.1 200 OK\r\n\r\n"
 
@@ -1504,7 +1504,7 @@ def test_http1_callback_failure_is_a_500(loop: LoopThread) -> None:
     the server keeps serving both HTTP/1 and gRPC."""
     calls: list[bytes] = []
 
-    async def http1(head: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes:
         calls.append(head)
         if len(calls) == 1:
             raise RuntimeError("callback bug")
@@ -1519,6 +1519,79 @@ def test_http1_callback_failure_is_a_500(loop: LoopThread) -> None:
                 assert conn.read_all().startswith(expected)
             finally:
                 conn.close()
+        assert_serving(running.port)
+    finally:
+        running.stop(0)
+
+
+def test_http1_body_reaches_the_callback_whole(loop: LoopThread) -> None:
+    """A POST whose Content-Length body arrives in the head's segment, or a byte per write
+    after it: the callback gets exactly the body (bytes after it are ignored: one request per
+    connection); a head without Content-Length gets an empty body."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def http1(head: bytes, body: bytes) -> bytes:
+        seen.append((head, body))
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    running = start_server("petra", loop, http1=http1)
+    body = b'{"key":"Zm9v","value":"' + b"v" * 3000 + b'"}'
+    head = b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
+    try:
+        for trickle in (False, True):
+            conn = RawConn(running.port)
+            try:
+                if trickle:
+                    conn.send(head)
+                    send_trickle(conn, body)
+                else:
+                    conn.send(head + body + b"GET /extra HTTP/1.1\r\n\r\n")
+                assert conn.read_all() == b"HTTP/1.1 204 No Content\r\n\r\n"
+            finally:
+                conn.close()
+            assert seen[-1] == (head, body)
+        conn = RawConn(running.port)
+        try:
+            conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            conn.read_all()
+        finally:
+            conn.close()
+        assert seen[-1][1] == b""
+        assert_serving(running.port)
+    finally:
+        running.stop(0)
+
+
+def test_http1_bodies_refused(loop: LoopThread) -> None:
+    """A chunked body gets 411, a Content-Length over twice max_receive_message_length 413 (at
+    once, unread), a malformed Content-Length 400; the callback is never called."""
+    calls: list[bytes] = []
+
+    async def http1(head: bytes, body: bytes) -> bytes:
+        calls.append(head)
+        return b"HTTP/1.1 200 OK\r\n\r\n"
+
+    running = start_server("petra", loop, max_receive_bytes=1000, http1=http1)
+    cases = (
+        (b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411 "),
+        (b"Content-Length: 2001\r\n\r\n", b"413 "),
+        (b"Content-Length: -1\r\n\r\n", b"400 "),
+    )
+    try:
+        for rest, status in cases:
+            conn = RawConn(running.port)
+            try:
+                conn.send(b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\n" + rest)
+                assert conn.read_all().startswith(b"HTTP/1.1 " + status), status
+            finally:
+                conn.close()
+        assert calls == []
+        conn = RawConn(running.port)
+        try:  # exactly at the limit: read and answered
+            conn.send(b"POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000)
+            assert conn.read_all() == b"HTTP/1.1 200 OK\r\n\r\n"
+        finally:
+            conn.close()
         assert_serving(running.port)
     finally:
         running.stop(0)

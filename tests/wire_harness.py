@@ -382,7 +382,7 @@ async def _build(
     max_send_bytes: int,
     on_request: Callable[[str], None] | None,
     on_unary_done: Callable[[str, float], None] | None,
-    http1: Callable[[bytes], Awaitable[bytes]] | None,
+    http1: Callable[[bytes, bytes], Awaitable[bytes]] | None,
 ) -> tuple[Any, int]:
     if kind == "aio":
         assert on_request is None and on_unary_done is None and http1 is None, "petra only"
@@ -417,7 +417,7 @@ def start_server(
     max_send_bytes: int = 2**31 - 1,
     on_request: Callable[[str], None] | None = None,
     on_unary_done: Callable[[str, float], None] | None = None,
-    http1: Callable[[bytes], Awaitable[bytes]] | None = None,
+    http1: Callable[[bytes, bytes], Awaitable[bytes]] | None = None,
 ) -> Running:
     """Builds and starts a server of `kind` ("aio" or "petra") on `loop`."""
     probe = Probe(loop.loop)

@@ -13,8 +13,11 @@ as handlers consume it, because the gRPC layer bounds what it buffers itself (a 
 the size limit fails its stream at once). That keeps a 1.5 MiB Put to one round trip.
 
 A connection whose first bytes are not the HTTP/2 client preface is HTTP/1.x: its request head
-goes to the `http1` callback and the answer is written before closing (etcd serves /health,
-/version and /metrics on the client port the same way, through cmux).
+and body (Content-Length bytes, at most twice the dispatcher's max_receive_message_length, as
+JSON spells bytes in base64; a chunked body is refused with 411, a longer one with 413) go to
+the `http1` callback, and the answer is written before closing: one request per connection, no
+keep-alive (etcd serves /health, /version, /metrics and its JSON gateway on the client port the
+same way, through cmux).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ RECV_CONN_WINDOW = 16 << 20
 RECV_MAX_FRAME_SIZE = 1 << 18
 HEADER_LIST_MAX = 64 << 10
 HTTP1_HEAD_MAX = 8192
+HTTP1_BODY_FACTOR = 2  # an HTTP/1 body may be this many times max_receive_message_length
 
 _U32 = struct.Struct(">I")
 _SETTING = struct.Struct(">HI")
@@ -66,6 +70,29 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
         + _U32.pack(stream_id)
         + payload
     )
+
+
+def _http1_refusal(status: int, reason: str) -> bytes:
+    return f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
+
+
+def _http1_body_length(head: bytes, limit_bytes: int) -> tuple[bytes, int]:
+    """(refusal, 0) for a body we will not read, else (b"", its Content-Length)."""
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"transfer-encoding":
+            # Chunked bodies would need their own parser; curl and urllib send a length.
+            return _http1_refusal(411, "Length Required"), 0
+        if name == b"content-length":
+            text = value.strip()
+            if not text.isdigit():
+                return _http1_refusal(400, "Bad Request"), 0
+            length = int(text)
+    if length > limit_bytes:
+        return _http1_refusal(413, "Request Entity Too Large"), 0
+    return b"", length
 
 
 class ConnectionError_(Exception):  # noqa: N801 - not the builtin ConnectionError
@@ -87,7 +114,8 @@ class Dispatcher(Protocol):
         self, conn: Connection, stream: Stream, headers: list[tuple[bytes, bytes]]
     ) -> StreamHandler | None: ...
 
-    http1: Callable[[bytes], Awaitable[bytes]] | None
+    http1: Callable[[bytes, bytes], Awaitable[bytes]] | None
+    max_receive_message_length: int
 
 
 class Stream:
@@ -132,7 +160,10 @@ class Connection(asyncio.Protocol):
         self.streams: dict[int, Stream] = {}
         self.last_stream_id = 0
         self._buf = bytearray()
-        self._mode = 0  # 0: sniffing the preface, 1: HTTP/2, 2: HTTP/1 head, 3: done
+        self._mode = 0  # 0: sniffing the preface, 1: HTTP/2, 2: HTTP/1 head, 3: done,
+        # 4: HTTP/1 body (until _http1_body_bytes are in _buf)
+        self._http1_request = b""
+        self._http1_body_bytes = 0
         self._decoder = Decoder()
         self._headers_stream = 0  # a header block in progress (waiting for CONTINUATION)
         self._headers_flags = 0
@@ -203,6 +234,8 @@ class Connection(asyncio.Protocol):
             self._sniff()
         elif self._mode == 2:
             self._http1_head()
+        elif self._mode == 4:
+            self._http1_body()
         buf = self._buf
         # Copy out only once a whole frame is there (a large frame arrives in many reads).
         if self._mode == 1 and len(buf) >= 9 and len(buf) >= 9 + int.from_bytes(buf[:3], "big"):
@@ -246,18 +279,43 @@ class Connection(asyncio.Protocol):
                 self._abandon()
             return
         head = bytes(self._buf[: end + 4])
-        self._buf.clear()
-        self._mode = 3
-        http1 = self.dispatcher.http1
-        if http1 is None:
+        del self._buf[: end + 4]
+        if self.dispatcher.http1 is None:
             self._abandon()
             return
-        # Held here: the loop keeps only a weak reference to a task.
-        self._http1_task = asyncio.ensure_future(self._answer_http1(http1, head))
+        # JSON carries bytes in base64 (4/3 of their size) and names every field: twice the
+        # gRPC message limit lets every request gRPC would take arrive (the JSON gateway checks
+        # the decoded request against the limit itself, with gRPC's error).
+        limit_bytes = HTTP1_BODY_FACTOR * self.dispatcher.max_receive_message_length
+        refusal, length = _http1_body_length(head, limit_bytes)
+        if refusal:
+            self._mode = 3
+            self._buf.clear()
+            self.transport.write(refusal)
+            self.transport.close()
+            return
+        self._http1_request, self._http1_body_bytes = head, length
+        self._mode = 4
+        self._http1_body()
 
-    async def _answer_http1(self, http1: Callable[[bytes], Awaitable[bytes]], head: bytes) -> None:
+    def _http1_body(self) -> None:
+        if len(self._buf) < self._http1_body_bytes:
+            return
+        body = bytes(self._buf[: self._http1_body_bytes])
+        self._buf.clear()  # no keep-alive: anything after the body is ignored
+        self._mode = 3
+        http1 = self.dispatcher.http1
+        assert http1 is not None
+        # Held here: the loop keeps only a weak reference to a task.
+        self._http1_task = asyncio.ensure_future(
+            self._answer_http1(http1, self._http1_request, body)
+        )
+
+    async def _answer_http1(
+        self, http1: Callable[[bytes, bytes], Awaitable[bytes]], head: bytes, body: bytes
+    ) -> None:
         try:
-            answer = await http1(head)
+            answer = await http1(head, body)
         except Exception:
             log.exception("HTTP/1 handler failed")
             answer = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"

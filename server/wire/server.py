@@ -474,7 +474,7 @@ class Server:
         max_send_message_length: int = 2**31 - 1,
         on_request: Callable[[str], None] | None = None,  # per RPC of a known method
         on_unary_done: Callable[[str, float], None] | None = None,
-        http1: Callable[[bytes], Awaitable[bytes]] | None = None,
+        http1: Callable[[bytes, bytes], Awaitable[bytes]] | None = None,
     ) -> None:
         self.max_receive_message_length = max_receive_message_length
         self.max_send_message_length = max_send_message_length
@@ -504,7 +504,9 @@ class Server:
         for method, handler in handlers.items():
             self._methods[f"/{service}/{method}"] = handler
 
-    def _lookup(self, path: str) -> Any:
+    def handler_for(self, path: str) -> Any:
+        """The grpc.RpcMethodHandler serving a full method path ("/etcdserverpb.KV/Range"), or
+        None (also used by server/gateway.py to call a servicer without HTTP/2)."""
         handler = self._methods.get(path)
         if handler is None:
             for generic in self._generic:
@@ -541,7 +543,7 @@ class Server:
             conn.send_headers(stream, _encoder.encode([(b":status", b"415")]), True)
             return None
         text = path.decode("latin-1")
-        handler = self._lookup(text)
+        handler = self.handler_for(text)
         if handler is None:
             block = RESPONSE_HEADERS + _status_trailers(_C.UNIMPLEMENTED, "Method not found!", ())
             conn.send_headers(stream, block, True)

@@ -1,0 +1,442 @@
+"""etcd's JSON gateway on the client port (POST /v3/kv/range and friends), differentially.
+
+One etcd 3.4.23 and one petra node serve the whole module (`pair`). Each test sends the same
+HTTP/1.1 requests with urllib to both and compares the status and the JSON body after
+removing what identifies a member (cluster_id, member_id, raft_term, member URLs, database
+sizes). Both nodes get exactly the same writes in the same order, so revisions match; every
+test keeps to its own key prefix. Lease IDs are chosen by the requests (LeaseGrant's ID) so
+lock and election keys, which embed the lease in hex, match too.
+
+Petra-only tests at the end check what etcd does differently on purpose: streaming paths
+answer 501, chunked and oversized bodies are refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import pathlib
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from api.etcdserverpb import rpc_pb2
+from server import gateway
+from tests import nodes
+from tests.nodes import Node
+
+TIMEOUT_S = 10.0
+IDENTITIES = ("cluster_id", "member_id", "raft_term")
+# Status fields that differ between any two members (sizes, indexes, identities).
+STATUS_VARIES = ("dbSize", "dbSizeInUse", "leader", "raftIndex", "raftTerm", "raftAppliedIndex")
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
+    base: pathlib.Path = tmp_path_factory.mktemp("gateway")
+    with nodes.running("etcd", base) as etcd, nodes.running("petra", base) as petra:
+        yield etcd, petra
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def post(node: Node, path: str, body: Any, method: str = "POST") -> tuple[int, Any]:
+    """(status, JSON body or text) of one request; `body` is JSON-encoded unless bytes."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{node.url}{path}", data=data if method == "POST" else None, method=method
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        status, raw = e.code, e.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
+
+
+def normalize(value: Any) -> Any:
+    """Drops member identities wherever a response header carries them."""
+    if isinstance(value, dict):
+        return {k: normalize(v) for k, v in value.items() if k not in IDENTITIES}
+    if isinstance(value, list | tuple):
+        return type(value)(normalize(v) for v in value)
+    return value
+
+
+def both(pair: tuple[Node, Node], path: str, body: Any, method: str = "POST") -> Any:
+    """Sends the request to etcd, then petra; asserts equal answers; returns etcd's."""
+    etcd, petra = pair
+    expected = post(etcd, path, body, method)
+    got = post(petra, path, body, method)
+    assert normalize(got) == normalize(expected), f"{method} {path} {body!r}"
+    return expected
+
+
+def test_put_range_deleterange(pair: tuple[Node, Node]) -> None:
+    """Put (with prev_kv), Range by key, by prefix, with limit, at an older revision, counting
+    and keys only, then DeleteRange with prev_kv: same status and JSON on both."""
+    put = both(pair, "/v3/kv/put", {"key": b64("kv/a"), "value": b64("1")})
+    first_rev = put[1]["header"]["revision"]
+    both(pair, "/v3/kv/put", {"key": b64("kv/a"), "value": b64("2"), "prev_kv": True})
+    both(pair, "/v3/kv/put", {"key": b64("kv/b"), "value": b64("3"), "lease": "0"})
+    both(pair, "/v3/kv/range", {"key": b64("kv/a")})
+    prefix = {"key": b64("kv/"), "range_end": b64("kv0")}
+    status, body = both(pair, "/v3/kv/range", prefix)
+    assert status == 200 and body["count"] == "2"
+    both(pair, "/v3/kv/range", {**prefix, "limit": "1"})
+    both(pair, "/v3/kv/range", {**prefix, "limit": 1, "sort_order": "DESCEND"})
+    status, body = both(pair, "/v3/kv/range", {**prefix, "revision": first_rev})
+    assert status == 200 and body["kvs"][0]["value"] == b64("1")
+    both(pair, "/v3/kv/range", {**prefix, "count_only": True})
+    both(pair, "/v3/kv/range", {**prefix, "keys_only": True, "serializable": True})
+    both(pair, "/v3/kv/range", {"key": b64("kv/missing")})
+    both(pair, "/v3/kv/deleterange", {**prefix, "prev_kv": True})
+    both(pair, "/v3/kv/deleterange", {"key": b64("kv/a")})
+
+
+def test_txn_compare_success_failure(pair: tuple[Node, Node]) -> None:
+    """A Txn whose compare holds runs `success`, one whose compare fails runs `failure`
+    (a put and a delete), with the nested response headers etcd fills."""
+    both(pair, "/v3/kv/put", {"key": b64("txn/k"), "value": b64("v1")})
+    compare = {"key": b64("txn/k"), "result": "EQUAL", "target": "VALUE"}
+    ops = {
+        "success": [{"request_range": {"key": b64("txn/k")}}],
+        "failure": [
+            {"request_put": {"key": b64("txn/k"), "value": b64("v2"), "prev_kv": True}},
+            {"request_delete_range": {"key": b64("txn/none")}},
+        ],
+    }
+    status, body = both(pair, "/v3/kv/txn", {"compare": [{**compare, "value": b64("v1")}], **ops})
+    assert status == 200 and body["succeeded"] is True
+    status, body = both(pair, "/v3/kv/txn", {"compare": [{**compare, "value": b64("no")}], **ops})
+    assert status == 200 and "succeeded" not in body  # false is a default: omitted
+    both(pair, "/v3/kv/txn", {"compare": [{**compare, "target": "VERSION", "version": "2"}]})
+    status, body = both(
+        pair,
+        "/v3/kv/txn",
+        {"success": [{"request_put": {"key": b64("d")}}, {"request_put": {"key": b64("d")}}]},
+    )
+    assert status == 400 and body["message"] == "etcdserver: duplicate key given in txn request"
+
+
+def test_request_errors(pair: tuple[Node, Node]) -> None:
+    """Errors as etcd's gateway words them: an empty key (400, code 3), a future revision
+    (400, code 11), an unknown lease (404, code 5), a bad JSON body (400 with Go's decoder
+    message), an unknown /v3/ path (404, text), a GET on a gateway path (405)."""
+    status, body = both(pair, "/v3/kv/range", {})
+    assert (status, body["code"]) == (400, 3)
+    assert body["error"] == body["message"] == "etcdserver: key is not provided"
+    both(pair, "/v3/kv/range", b"")
+    both(pair, "/v3/kv/range", b"null")
+    status, body = both(pair, "/v3/kv/range", {"key": b64("x"), "revision": "1000000"})
+    assert (status, body["code"]) == (400, 11)
+    status, body = both(pair, "/v3/lease/revoke", {"ID": "424242"})
+    assert (status, body["message"]) == (404, "etcdserver: requested lease not found")
+    status, body = both(pair, "/v3/kv/range", b"{bad json")
+    assert status == 400 and body["code"] == 3
+    both(pair, "/v3/kv/range", b'{"key": "eA==",')
+    both(pair, "/v3/kv/range", b'{"key" "eA=="}')
+    both(pair, "/v3/kv/range", b'{"key": "eA==" "x": 1}')
+    both(pair, "/v3/kv/range", b"[]")
+    both(pair, "/v3/kv/range", b'{"key": "eA==", "unknown_field": 1}')
+    assert both(pair, "/v3/nothing", {}) == (404, "Not Found\n")
+    assert both(pair, "/v3/kv/nothing", {}) == (404, "Not Found\n")
+    assert both(pair, "/v3/kv/range", None, method="GET") == (405, "Method Not Allowed\n")
+    assert both(pair, "/v3/kv/range", None, method="HEAD") == (405, "")
+    assert both(pair, "/v3/kv/range", None, method="OPTIONS") == (200, "")
+    both(pair, "/v3/kv/range/", {"key": b64("x")})
+    both(pair, "/v3/kv/Range", {"key": b64("x")})
+    both(pair, "/v3/kv/range?x=1", {"key": b64("x")})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"key": 5}',
+        b'{"key": "!!!"}',
+        b'{"key": "Zm9"}',
+        b'{"key": "Z=m9"}',
+        b'{"key": "eA==", "limit": true}',
+        b'{"key": "eA==", "limit": 1.5}',
+        b'{"key": "eA==", "limit": "1.5"}',
+        b'{"key": "eA==", "limit": "x"}',
+        b'{"key": "eA==", "limit": {}}',
+        b'{"key": "eA==", "serializable": "x"}',
+        b'{"key": "eA==", "sort_order": "NOPE"}',
+        b'{"key": "eA==", "sort_order": true}',
+        b'{"key": "eA==", "sortOrder": "DESCEND", "limit": "-3"}',
+    ],
+)
+def test_range_field_errors(pair: tuple[Node, Node], body: bytes) -> None:
+    """A field of the wrong form gets Go's jsonpb message (400, code 3) on both; lowerCamel
+    names and negative limits are accepted."""
+    both(pair, "/v3/kv/range", body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"compare": [{"key": "eA==", "result": "NOPE"}]}',
+        b'{"compare": {"key": "eA=="}}',
+        b'{"success": [{"request_put": "x"}]}',
+    ],
+)
+def test_txn_field_errors(pair: tuple[Node, Node], body: bytes) -> None:
+    """Wrong forms inside repeated and nested fields: Go's messages on both."""
+    both(pair, "/v3/kv/txn", body)
+
+
+@pytest.mark.parametrize(
+    ("value_bytes", "expected"), [(1_600_000, (400, 3)), (2_200_000, (429, 8))]
+)
+def test_large_put(pair: tuple[Node, Node], value_bytes: int, expected: tuple[int, int]) -> None:
+    """A value over --max-request-bytes (1.5 MiB): 400 "request is too large"; one whose
+    message exceeds the gRPC limit (2 MiB): 429 with gRPC's own message. Their JSON bodies
+    (base64) are larger than the message, and still read whole."""
+    body = {"key": b64("big"), "value": base64.b64encode(b"x" * value_bytes).decode()}
+    status, answer = both(pair, "/v3/kv/put", body)
+    assert (status, answer["code"]) == expected
+
+
+def test_lease_paths(pair: tuple[Node, Node]) -> None:
+    """LeaseGrant with a chosen ID, TimeToLive with keys, Leases, Revoke, through both the
+    /v3/lease/ paths and etcd's /v3/kv/lease/ aliases."""
+    status, body = both(pair, "/v3/lease/grant", {"TTL": "120", "ID": "7001"})
+    assert (status, body["ID"], body["TTL"]) == (200, "7001", "120")
+    both(pair, "/v3/lease/grant", {"TTL": 120, "ID": "7002"})
+    both(pair, "/v3/kv/put", {"key": b64("lease/k"), "value": b64("v"), "lease": "7001"})
+    for path in ("/v3/lease/timetolive", "/v3/kv/lease/timetolive"):
+        etcd, petra = pair
+        answers = [post(n, path, {"ID": "7001", "keys": True}) for n in (etcd, petra)]
+        for status, body in answers:
+            # The remaining TTL depends on when the request lands; within the grant.
+            assert status == 200 and 0 < int(body.pop("TTL")) <= 120
+        assert normalize(answers[1]) == normalize(answers[0])
+    status, body = both(pair, "/v3/lease/leases", {})
+    assert status == 200 and {"ID": "7001"} in body["leases"]
+    both(pair, "/v3/kv/lease/leases", {})
+    both(pair, "/v3/lease/revoke", {"ID": "7001"})
+    both(pair, "/v3/kv/lease/revoke", {"ID": "7002"})
+    both(pair, "/v3/kv/lease/revoke", {"ID": "7002"})
+    both(pair, "/v3/lease/timetolive", {"ID": "7001"})
+    both(pair, "/v3/kv/range", {"key": b64("lease/k")})
+
+
+def test_maintenance_and_cluster(pair: tuple[Node, Node]) -> None:
+    """Status (sizes and indexes removed), Alarm (GET), Defragment, Hash (its value depends
+    on the database file, so only its presence is compared), MemberList (URLs removed)."""
+    etcd, petra = pair
+    statuses = [post(n, "/v3/maintenance/status", {}) for n in (etcd, petra)]
+    for status, body in statuses:
+        assert status == 200 and body["leader"] == body["header"]["member_id"]
+        for name in STATUS_VARIES:
+            del body[name]
+    assert normalize(statuses[1]) == normalize(statuses[0])
+    both(pair, "/v3/maintenance/alarm", {})
+    both(pair, "/v3/maintenance/alarm", {"action": "GET"})
+    both(pair, "/v3/maintenance/defragment", {})
+    hashes = [post(n, "/v3/maintenance/hash", {}) for n in (etcd, petra)]
+    for status, body in hashes:
+        assert status == 200 and isinstance(body.pop("hash"), int)
+    assert normalize(hashes[1]) == normalize(hashes[0])
+    members = [post(n, "/v3/cluster/member/list", {}) for n in (etcd, petra)]
+    for node, (_status, body) in zip((etcd, petra), members, strict=True):
+        (member,) = body["members"]
+        assert member.pop("ID") == body["header"]["member_id"]
+        assert member.pop("clientURLs") == [node.url]
+        assert member.pop("peerURLs") == [f"http://127.0.0.1:{node.peer_port}"]
+    assert normalize(members[1]) == normalize(members[0])
+    # Each node's own ID: promoting a voter is FAILED_PRECONDITION (412).
+    promotes = [
+        post(n, "/v3/cluster/member/promote", {"ID": body["header"]["member_id"]})
+        for n, (_status, body) in zip((etcd, petra), members, strict=True)
+    ]
+    assert promotes[1] == promotes[0] and promotes[0][0] == 412
+    both(pair, "/v3/cluster/member/remove", {"ID": "12345"})
+    both(pair, "/v3/cluster/member/update", {"ID": "12345", "peerURLs": ["http://127.0.0.1:1"]})
+    both(pair, "/v3/maintenance/transfer-leadership", {})
+
+
+def test_lock_unlock(pair: tuple[Node, Node]) -> None:
+    """Lock on a chosen lease gives the key name/<lease hex>; Unlock deletes it."""
+    both(pair, "/v3/lease/grant", {"TTL": "60", "ID": "8001"})
+    status, body = both(pair, "/v3/lock/lock", {"name": b64("lk"), "lease": "8001"})
+    assert status == 200 and base64.b64decode(body["key"]) == b"lk/1f41"
+    both(pair, "/v3/kv/range", {"key": b64("lk/1f41")})
+    both(pair, "/v3/lock/unlock", {"key": body["key"]})
+    both(pair, "/v3/kv/range", {"key": b64("lk/1f41")})
+    both(pair, "/v3/lock/unlock", {})
+    both(pair, "/v3/lease/revoke", {"ID": "8001"})
+
+
+def test_election(pair: tuple[Node, Node]) -> None:
+    """Campaign, Leader, Proclaim, Resign, and Leader of an election nobody leads."""
+    both(pair, "/v3/lease/grant", {"TTL": "60", "ID": "9001"})
+    status, body = both(
+        pair, "/v3/election/campaign", {"name": b64("el"), "value": b64("v1"), "lease": "9001"}
+    )
+    assert status == 200
+    leader = body["leader"]
+    both(pair, "/v3/election/leader", {"name": b64("el")})
+    both(pair, "/v3/election/proclaim", {"leader": leader, "value": b64("v2")})
+    status, body = both(pair, "/v3/election/leader", {"name": b64("el")})
+    assert base64.b64decode(body["kv"]["value"]) == b"v2"
+    both(pair, "/v3/election/proclaim", {"leader": {**leader, "rev": "1"}, "value": b64("x")})
+    both(pair, "/v3/election/resign", {"leader": leader})
+    status, body = both(pair, "/v3/election/leader", {"name": b64("el")})
+    assert (status, body["message"]) == (500, "election: no leader")
+    both(pair, "/v3/lease/revoke", {"ID": "9001"})
+
+
+def test_compaction_last(pair: tuple[Node, Node]) -> None:
+    """Compaction, then a Range below it (400, code 11, compacted) and compacting the same
+    revision again. Last in the module: it removes the history the other tests read."""
+    status, body = both(pair, "/v3/kv/put", {"key": b64("compact/k"), "value": b64("v")})
+    revision = int(body["header"]["revision"])
+    both(pair, "/v3/kv/compaction", {"revision": str(revision - 1), "physical": True})
+    status, body = both(pair, "/v3/kv/range", {"key": b64("compact/k"), "revision": "2"})
+    assert (status, body["code"]) == (400, 11)
+    assert body["message"] == "etcdserver: mvcc: required revision has been compacted"
+    both(pair, "/v3/kv/compaction", {"revision": str(revision - 1)})
+    both(pair, "/v3/kv/range", {"key": b64("compact/k"), "revision": str(revision)})
+
+
+# --- petra only ------------------------------------------------------------------------------
+
+
+def raw_http(node: Node, request: bytes) -> bytes:
+    """Sends raw bytes, returns everything until the server closes."""
+    with socket.create_connection(("127.0.0.1", node.client_port), timeout=TIMEOUT_S) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize(
+    "path", ["/v3/watch", "/v3/lease/keepalive", "/v3/maintenance/snapshot", "/v3/election/observe"]
+)
+def test_streaming_paths_answer_unimplemented(pair: tuple[Node, Node], path: str) -> None:
+    """etcd streams these as chunked JSON; petra answers 501 with a gRPC UNIMPLEMENTED body
+    at once (its HTTP/1 path answers one response and closes)."""
+    status, body = post(pair[1], path, {})
+    assert (status, body["code"]) == (501, 12) and path in body["message"]
+
+
+def test_chunked_body_is_refused(pair: tuple[Node, Node]) -> None:
+    """A chunked request body: 411 Length Required, then the connection closes."""
+    body = b'{"key":"eA=="}'
+    request = (
+        b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+    )  # fmt: skip
+    assert raw_http(pair[1], request).startswith(b"HTTP/1.1 411 ")
+
+
+def test_oversized_body_is_refused(pair: tuple[Node, Node]) -> None:
+    """A Content-Length over the server's request limit: 413 before any body is read."""
+    request = b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Length: 104857600\r\n\r\n"
+    assert raw_http(pair[1], request).startswith(b"HTTP/1.1 413 ")
+
+
+def test_body_in_many_segments_and_health_unchanged(pair: tuple[Node, Node]) -> None:
+    """A body arriving after the head in separate writes is read whole; /health, which has no
+    body, still answers."""
+    petra = pair[1]
+    body = json.dumps({"key": b64("seg/k"), "value": b64("v")}).encode()
+    head = f"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", petra.client_port), timeout=TIMEOUT_S) as s:
+        s.sendall(head.encode())
+        for i in range(len(body)):
+            s.sendall(body[i : i + 1])
+        answer = b"".join(iter(lambda: s.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["header"]["revision"]
+    health = raw_http(petra, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert health.startswith(b"HTTP/1.1 200 ") and health.endswith(b'{"health":"true"}')
+
+
+def test_gateway_calls_are_counted(pair: tuple[Node, Node]) -> None:
+    """A gateway call adds one to petra's per-method request counter, as a gRPC call does
+    (etcd's gateway is a gRPC client of its own server)."""
+    petra = pair[1]
+    line = 'petra_grpc_requests_total{method="/etcdserverpb.Maintenance/Defragment"}'
+
+    def count() -> int:
+        url = f"http://127.0.0.1:{petra.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+            text = resp.read().decode()
+        found = [x for x in text.splitlines() if x.startswith(line + " ")]
+        return int(float(found[0].split()[-1])) if found else 0
+
+    before = count()
+    assert post(petra, "/v3/maintenance/defragment", {}) == (200, {})
+    assert count() == before + 1
+
+
+# --- the gateway module without a node -------------------------------------------------------
+
+
+def gateway_answer(behaviour: Any, body: bytes = b'{"key": "eA=="}') -> tuple[int, Any]:
+    """Runs gateway.answer for POST /v3/kv/range against a fake Range servicer."""
+    handler = grpc.unary_unary_rpc_method_handler(behaviour)
+
+    def lookup(path: str) -> Any:
+        return handler if path == "/etcdserverpb.KV/Range" else None
+
+    head = b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\n\r\n"
+    raw = asyncio.run(gateway.answer(lookup, head, body, 1 << 20))
+    status_line, _, rest = raw.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.split(b"\r\n\r\n", 1)[1])
+
+
+def test_servicer_outcomes_become_etcd_errors() -> None:
+    """A handler that raises is 500/UNKNOWN with grpc.aio's text; abort, and set_code with
+    set_details, give their code and the grpc-gateway status; success is the JSON answer."""
+
+    async def raises(request: Any, context: Any) -> Any:
+        raise RuntimeError("boom")
+
+    async def aborts(request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "etcdserver: not learner")
+
+    async def sets_code(request: Any, context: Any) -> Any:
+        context.set_code(grpc.StatusCode.UNAVAILABLE)
+        context.set_details("etcdserver: leader changed")
+        return rpc_pb2.RangeResponse()
+
+    def answers(request: Any, context: Any) -> Any:  # a sync handler is fine too
+        assert context.invocation_metadata() == () and not context.cancelled()
+        return rpc_pb2.RangeResponse(count=2**40, kvs=[{"key": request.key, "value": b""}])
+
+    error = "Unexpected <class 'RuntimeError'>: boom"
+    assert gateway_answer(raises) == (500, {"error": error, "message": error, "code": 2})
+    assert gateway_answer(aborts)[0] == 412 and gateway_answer(aborts)[1]["code"] == 9
+    assert gateway_answer(sets_code) == (
+        503,
+        {
+            "error": "etcdserver: leader changed",
+            "message": "etcdserver: leader changed",
+            "code": 14,
+        },
+    )
+    assert gateway_answer(answers) == (200, {"kvs": [{"key": "eA=="}], "count": str(2**40)})
+
+
+def test_route_without_a_registered_service() -> None:
+    """A known path whose service is not registered on the server answers 501 UNIMPLEMENTED."""
+    head = b"POST /v3/lock/lock HTTP/1.1\r\n\r\n"
+    raw = asyncio.run(gateway.answer(lambda path: None, head, b"{}", 1 << 20))
+    assert raw.startswith(b"HTTP/1.1 501 ") and b'"code":12' in raw
