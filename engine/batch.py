@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from api.etcdserverpb import rpc_pb2
 from api.mvccpb import kv_pb2
-from engine import compaction, errors, keys, reader
+from engine import compaction, errors, keys, reader, validate
 
 if TYPE_CHECKING:
     from engine.store import Store
@@ -74,7 +74,7 @@ class WriteBatch:
             and not req.ignore_lease
         ):
             return self._put_plain(key, req.value)
-        _check_put(req)
+        validate.check_put(req)
         self._check_put_state(req)
         main = self.rev + 1
         self._sub = 0
@@ -117,8 +117,7 @@ class WriteBatch:
         return resp
 
     def delete_range(self, req: rpc_pb2.DeleteRangeRequest) -> rpc_pb2.DeleteRangeResponse:
-        if not req.key:
-            raise errors.EmptyKeyError()
+        validate.check_delete(req)
         self._sub = 0
         resp = self._delete(req, self.rev + 1)
         if self._sub:
@@ -376,25 +375,15 @@ class WriteBatch:
 
 
 def _check_op_form(op: rpc_pb2.RequestOp, which: str | None) -> None:
+    """The gRPC layer's checks of one op (engine/validate.py), for callers that skipped them."""
     if which == "request_range":
-        if not op.request_range.key:
-            raise errors.EmptyKeyError()
+        validate.check_range(op.request_range)
     elif which == "request_put":
-        _check_put(op.request_put)
+        validate.check_put(op.request_put)
     elif which == "request_delete_range":
-        if not op.request_delete_range.key:
-            raise errors.EmptyKeyError()
+        validate.check_delete(op.request_delete_range)
     else:
         raise errors.KeyNotFoundError()  # an empty RequestOp; check_txn rejects it first
-
-
-def _check_put(req: rpc_pb2.PutRequest) -> None:
-    if not req.key:
-        raise errors.EmptyKeyError()
-    if req.ignore_value and req.value:
-        raise errors.ValueProvidedError()
-    if req.ignore_lease and req.lease:
-        raise errors.LeaseProvidedError()
 
 
 def _compare_kv(c: rpc_pb2.Compare, e: reader.Entry | None, value: bytes) -> bool:
