@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any, NoReturn
 
 import grpc
@@ -93,12 +94,6 @@ HTTP_STATUS = {
     _C.UNAVAILABLE: 503,
     _C.DATA_LOSS: 500,
 }
-REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict",
-    412: "Precondition Failed", 429: "Too Many Requests", 500: "Internal Server Error",
-    501: "Not Implemented", 503: "Service Unavailable", 504: "Gateway Timeout",
-}  # fmt: skip
 # etcd answers every gateway response with these (its CORS wrapper and grpc-gateway's header).
 COMMON_HEADERS = (
     "Access-Control-Allow-Headers: accept, content-type, authorization\r\n"
@@ -160,7 +155,7 @@ class GatewayContext:
 
 def _response(status: int, content_type: str, body: bytes, extra: str = "") -> bytes:
     head = (
-        f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}\r\n{COMMON_HEADERS}{extra}"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{COMMON_HEADERS}{extra}"
         f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode("latin-1") + body

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from http import HTTPStatus
 from urllib.parse import urlsplit
 
 from server import metrics
@@ -28,20 +29,13 @@ VERSION_BODY = b'{"etcdserver":"3.4.23","etcdcluster":"3.4.0"}'
 JSON = "application/json"
 TEXT = "text/plain; charset=utf-8"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    503: "Service Unavailable",
-}
 
 Health = Callable[[], Awaitable[bool]]
 
 
 def _response(status: int, content_type: str, body: bytes, head_only: bool = False) -> bytes:
     head = (
-        f"HTTP/1.1 {status} {REASONS[status]}\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
         f"Content-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Connection: close\r\n"
