@@ -28,6 +28,7 @@ import pytest
 
 from api.etcdserverpb import rpc_pb2, rpc_pb2_grpc
 from server.wire.hpack import Decoder, encode_integer, huffman_encode
+from tests.nodes import wait_for
 from tests.wire_harness import (
     ACK,
     CALL_TIMEOUT_S,
@@ -66,7 +67,6 @@ from tests.wire_harness import (
     start_server,
     stream_pattern,
     stream_spec,
-    wait_until,
 )
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,7 +289,7 @@ def test_10_mib_response_stream(channel: grpc.Channel) -> None:
 
 def wait_for_stall(running: Running, quiet_s: float = 0.3, timeout_s: float = 10.0) -> None:
     """Waits until the streaming handler has produced nothing for `quiet_s`."""
-    wait_until(
+    wait_for(
         lambda: (
             running.probe.produced_bytes > 0
             and time.monotonic() - running.probe.last_produce_s > quiet_s
@@ -504,7 +504,7 @@ def test_1000_calls_in_flight_on_one_connection(served: Running) -> None:
             calls = [block(b"many%d" % i, timeout=60) for i in range(1000)]
             waiting = asyncio.gather(*calls)
             await asyncio.to_thread(
-                wait_until,
+                wait_for,
                 lambda: all(served.probe.seen(f"started:many{i}") for i in range(1000)),
                 30,
                 "1,000 handlers to start",
@@ -1188,10 +1188,10 @@ def test_rapid_reset_of_many_streams(served: Running) -> None:
             return False
         return True
 
-    wait_until(serves, 10, "a call to succeed after the flood")
+    wait_for(serves, 10, "a call to succeed after the flood")
     assert len(failures) <= 5, [status(e) for e in failures]
     started = [i for i in streams if served.probe.seen(f"started:rr{i}")]
-    wait_until(
+    wait_for(
         lambda: all(served.probe.seen(f"finally:rr{i}") for i in started),
         10,
         "every started handler to end",
@@ -1406,7 +1406,7 @@ def test_1000_connections_opened_and_closed(served: Running) -> None:
             sock.sendall(PREFACE + frame(SETTINGS, 0, 0))
         sock.close()
     assert_serving(served.port)
-    wait_until(lambda: open_fds() <= baseline + 4, 10, f"fds back to {baseline}")
+    wait_for(lambda: open_fds() <= baseline + 4, 10, f"fds back to {baseline}")
     # A connect of 1 s or more is a SYN dropped on a full accept queue and sent again.
     assert connect_s_max < 0.9, (
         f"a connect took {connect_s_max:.2f} s: the listen backlog overflowed"
@@ -1636,7 +1636,7 @@ def test_on_request_and_on_unary_done(loop: LoopThread) -> None:
             list(chan.unary_stream(method("StreamWrite"))(stream_spec(2, 1, 1), timeout=5))
             rpc_error(lambda: unary(chan, "Raise", b""))
             rpc_error(lambda: unary(chan, "NoSuchMethod", b""))
-        wait_until(lambda: len(dones) == 2, 5, "two unary completions")
+        wait_for(lambda: len(dones) == 2, 5, "two unary completions")
         assert requests == [method("Unary"), method("StreamWrite"), method("Raise")]
         assert [p for p, _ in dones] == [method("Unary"), method("Raise")]
         assert 0 <= dones[0][1] <= elapsed_s
@@ -1707,7 +1707,7 @@ def test_stop_while_clients_keep_connecting(loop: LoopThread, kind: str) -> None
         )
         thread.start()
         try:
-            wait_until(functools.partial(at_least, connects, 20), 10, "the hammer to connect")
+            wait_for(functools.partial(at_least, connects, 20), 10, "the hammer to connect")
             loop.run(running.server.stop(0), timeout_s=10)
             loop.run(running.server.wait_for_termination(), timeout_s=10)
         finally:

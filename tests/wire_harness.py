@@ -11,7 +11,7 @@ shows up as a failure on petra's server only.
 
 Handlers report to a `Probe`: thread-safe events the test thread waits on (a handler started,
 its `finally` ran, it saw `CancelledError`) and counters (bytes a stream has produced).
-Nothing sleeps: tests wait on a condition with a deadline (`wait_until`).
+Nothing sleeps: tests wait on a condition with a deadline (`tests.nodes.wait_for`).
 
 Run as `python -m tests.wire_harness --kind petra` to serve the echo service from a child
 process: it prints the port on stdout and stops (grace 1 s) when its stdin closes.
@@ -47,15 +47,6 @@ CALL_TIMEOUT_S = 20.0
 
 def method(name: str) -> str:
     return f"/{SERVICE}/{name}"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0, what: str = "") -> None:
-    """Polls `predicate` until it holds; fails with `what` after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
-        time.sleep(0.005)
 
 
 def pattern(seed: int, size_bytes: int) -> bytes:
