@@ -343,7 +343,8 @@ def test_sigkill_at_random_moments(crash_node: Node) -> None:
 
 
 # The durability steps of petra (wal/failpoints.py and server/storage_thread.py), except the
-# WAL segment renames: a cut happens every 64 MiB, which these short loads never reach.
+# WAL's renames: they happen when a data dir is created and when a 64 MiB segment is cut, and
+# these short cycles of restarts never reach either.
 FAILPOINTS = [
     *(name for name in KNOWN if name not in ("wal.before_rename", "wal.after_rename")),
     storage_thread.BEFORE_SAVE,
