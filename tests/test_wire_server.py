@@ -308,8 +308,9 @@ def test_20_mib_stream_to_a_slow_reader_is_held_back_by_flow_control(
     client's BDP probing off its windows stay small, so the handler must stall within 4 MiB
     of what was read (grpc.aio: 64 KiB ahead). With probing on, the client grows its windows
     as it measures the server's throughput (seen through a sniffing proxy: 4 MiB for grpc.aio,
-    16 MiB for petra's faster server, which then stalls 17 MiB ahead: window plus its 1 MiB
-    write buffer), so there only stalling before the end is required."""
+    16 MiB for petra's faster server; once, under CI load, past the whole 20 MiB), so how far
+    the handler may run ahead is the client's choice: there the test checks only that window
+    growth mid-stream (BDP pings interleaved with data) loses, reorders or stalls nothing."""
     total_bytes, chunk_bytes, seed = 20 * MiB, 32 * 1024, 2020
     with open_channel(served.port, **{"grpc.http2.bdp_probe": bdp_probe}) as chan:
         stream = chan.unary_stream(method("StreamYield"))(
@@ -324,8 +325,8 @@ def test_20_mib_stream_to_a_slow_reader_is_held_back_by_flow_control(
         ahead_bytes.append(served.probe.produced_bytes - sum(map(len, received)))
         received.extend(stream)
     assert b"".join(received) == stream_pattern(total_bytes // chunk_bytes, chunk_bytes, seed)
-    bound_bytes = 4 * MiB if not bdp_probe else total_bytes - 2 * chunk_bytes
-    assert max(ahead_bytes) < bound_bytes, f"the handler ran {ahead_bytes} bytes ahead"
+    if not bdp_probe:
+        assert max(ahead_bytes) < 4 * MiB, f"the handler ran {ahead_bytes} bytes ahead"
 
 
 def test_many_streams_share_small_windows_without_mixing_or_stalling(served: Running) -> None:
