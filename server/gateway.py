@@ -10,16 +10,22 @@ context, and writes the answer as etcd's gateway does: compact JSON with the .pr
 names, 64-bit integers as strings, defaults omitted. A gRPC error becomes
 `{"error": text, "message": text, "code": n}` with grpc-gateway v1's HTTP status for the code.
 
-Only unary methods are served. etcd also streams watch, lease keep-alive, snapshot and
-election observe over chunked HTTP/1.1; petra's HTTP/1 path answers once and closes, so those
-paths answer 501 with a gRPC UNIMPLEMENTED error body instead.
+The streaming methods (watch, lease keep-alive, snapshot, election observe) answer as etcd's
+gateway does, over chunked HTTP/1.1: the body is a sequence of JSON requests (a bidi stream's
+requests, read up to the first that does not parse; the client's side then ends, as at EOF),
+and each response is a chunk `{"result": ...}` and a newline, sent as the servicer produces
+it. The response head goes out with the first response, as etcd's waits for its gRPC headers.
+An error ends the stream with `{"error": {"grpc_code", "http_code", "message",
+"http_status"}}` (grpc-gateway's StreamError). A watch stays open until the client leaves.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -68,10 +74,14 @@ ROUTES: dict[str, tuple[str, type[Message]]] = {
     "/v3/election/leader": (_ELECTION + "Leader", v3election_pb2.LeaderRequest),
     "/v3/election/resign": (_ELECTION + "Resign", v3election_pb2.ResignRequest),
 }
-# etcd streams these over chunked HTTP/1.1; petra does not (see the module docstring).
-STREAMS = frozenset(
-    ("/v3/watch", "/v3/lease/keepalive", "/v3/maintenance/snapshot", "/v3/election/observe")
-)
+# HTTP path -> (gRPC method path, request class, whether the client streams too).
+STREAMS: dict[str, tuple[str, type[Message], bool]] = {
+    "/v3/watch": ("/etcdserverpb.Watch/Watch", rpc_pb2.WatchRequest, True),
+    "/v3/lease/keepalive": (_LEASE + "LeaseKeepAlive", rpc_pb2.LeaseKeepAliveRequest, True),
+    "/v3/maintenance/snapshot": (_MAINT + "Snapshot", rpc_pb2.SnapshotRequest, False),
+    "/v3/election/observe": (_ELECTION + "Observe", v3election_pb2.LeaderRequest, False),
+}
+STREAM_QUEUE_MAX = 16  # responses a stream may run ahead of its HTTP client
 
 _C = grpc.StatusCode
 # grpc-gateway v1 (as vendored by etcd 3.4): HTTPStatusFromCode.
@@ -153,6 +163,18 @@ class GatewayContext:
         pass
 
 
+class StreamContext(GatewayContext):
+    """A streaming call's context: what the servicer writes waits in a small queue for the
+    HTTP client to take it (backpressure, as a gRPC stream's flow control gives)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.responses: asyncio.Queue[Message | None] = asyncio.Queue(STREAM_QUEUE_MAX)
+
+    async def write(self, response: Message) -> None:
+        await self.responses.put(response)
+
+
 def _response(status: int, content_type: str, body: bytes, extra: str = "") -> bytes:
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{COMMON_HEADERS}{extra}"
@@ -189,18 +211,52 @@ _GO_KINDS = {list: "array", str: "string", bool: "bool", int: "number", float: "
 
 
 def parse_request(body: bytes, request_class: type[Message]) -> Message:
-    """The request from the JSON body; GatewayError(INVALID_ARGUMENT) as etcd words it."""
+    """The request from the JSON body; GatewayError(INVALID_ARGUMENT) as etcd words it.
+    Go's decoder reads one value and ignores what follows it."""
     text = body.decode("utf-8", errors="replace")
-    value: Any = None
-    if text.strip():
+    return _parse_at(text, _skip_space(text, 0), request_class)[0]
+
+
+def parse_requests(body: bytes, request_class: type[Message]) -> list[Message]:
+    """A client stream's requests: the JSON values of the body, one after another, as Go's
+    json.Decoder reads them. The gateway passes the first value's error on as it is (so a
+    GatewayError UNKNOWN, not INVALID_ARGUMENT); a later value that does not parse just ends
+    the client's side of the stream, as its end of body would."""
+    text = body.decode("utf-8", errors="replace")
+    requests: list[Message] = []
+    pos = _skip_space(text, 0)
+    while pos < len(text):
         try:
-            # Go's decoder reads one value and ignores what follows it.
-            value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
+            request, pos = _parse_at(text, pos, request_class)
+        except GatewayError as exc:
+            if not requests:
+                raise GatewayError(_C.UNKNOWN, exc.details) from exc
+            break
+        requests.append(request)
+        pos = _skip_space(text, pos)
+    return requests
+
+
+def _skip_space(text: str, pos: int) -> int:
+    """The index of the first non-JSON-whitespace character from `pos`."""
+    while pos < len(text) and text[pos] in " \t\n\r":
+        pos += 1
+    return pos
+
+
+def _parse_at(text: str, pos: int, request_class: type[Message]) -> tuple[Message, int]:
+    """The request from the JSON value at `pos` (none there: the empty request) and the
+    index just after the value."""
+    value: Any = None
+    end = pos
+    if pos < len(text):
+        try:
+            value, end = json.JSONDecoder().raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise GatewayError(_C.INVALID_ARGUMENT, _go_json_error(text, exc)) from exc
     request = request_class()
     if value is None:  # an empty body or `null`: the empty request
-        return request
+        return request, end
     if not isinstance(value, dict):
         kind = _GO_KINDS.get(type(value), "value")
         raise GatewayError(
@@ -212,7 +268,7 @@ def parse_request(body: bytes, request_class: type[Message]) -> Message:
         json_format.ParseDict(value, request, ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         raise GatewayError(_C.INVALID_ARGUMENT, str(exc)) from exc
-    return request
+    return request, end
 
 
 _B64_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
@@ -360,9 +416,10 @@ async def answer(
     body: bytes,
     max_message_bytes: int,
     on_request: OnRequest | None = None,
-) -> bytes:
-    """The whole HTTP/1.1 response to one /v3/ request; a request that would be a gRPC
-    message over `max_message_bytes` is refused as the gRPC server would."""
+) -> bytes | AsyncGenerator[bytes, None]:
+    """The HTTP/1.1 response to one /v3/ request: the whole of it, or for a stream its pieces
+    as they come. A request that would be a gRPC message over `max_message_bytes` is refused
+    as the gRPC server would."""
     method, path = _request_line(head)
     if method == "OPTIONS":  # etcd's CORS wrapper answers preflights before any routing
         return (f"HTTP/1.1 200 OK\r\n{COMMON_HEADERS}Content-Length: 0\r\n"
@@ -372,33 +429,37 @@ async def answer(
         reply = _response(404, "text/plain; charset=utf-8", b"Not Found\n", _NOSNIFF)
     elif method != "POST":
         reply = _response(405, "text/plain; charset=utf-8", b"Method Not Allowed\n", _NOSNIFF)
+    elif route is None:
+        return _open_stream(lookup, STREAMS[path], body, max_message_bytes, on_request)
     else:
-        return await _post(lookup, route, path, body, max_message_bytes, on_request)
+        return await _post(lookup, route, body, max_message_bytes, on_request)
     if method == "HEAD":
         return reply[: reply.index(b"\r\n\r\n") + 4]
     return reply
 
 
+def _check_size(request: Message, max_message_bytes: int) -> None:
+    """What etcd's gateway gets back from its gRPC server for an oversized request."""
+    size = request.ByteSize()
+    if size > max_message_bytes:
+        raise GatewayError(
+            _C.RESOURCE_EXHAUSTED,
+            f"grpc: received message larger than max ({size} vs. {max_message_bytes})",
+        )
+
+
 async def _post(
     lookup: Lookup,
-    route: tuple[str, type[Message]] | None,
-    path: str,
+    route: tuple[str, type[Message]],
     body: bytes,
     max_message_bytes: int,
     on_request: OnRequest | None,
 ) -> bytes:
-    """The answer to a POST on a gateway path: the servicer's response or its error."""
-    if route is None:
-        return _error(_C.UNIMPLEMENTED, f"petra: {path} streams; use gRPC")
+    """The answer to a POST on a unary gateway path: the servicer's response or its error."""
     grpc_method, request_class = route
     try:
         request = parse_request(body, request_class)
-        size = request.ByteSize()
-        if size > max_message_bytes:  # what etcd's gateway gets back from its gRPC server
-            raise GatewayError(
-                _C.RESOURCE_EXHAUSTED,
-                f"grpc: received message larger than max ({size} vs. {max_message_bytes})",
-            )
+        _check_size(request, max_message_bytes)
         response = await call(lookup, grpc_method, request, on_request)
     except GatewayError as exc:
         return _error(exc.code, exc.details)
@@ -411,3 +472,104 @@ async def _post(
 
 
 _NOSNIFF = "X-Content-Type-Options: nosniff\r\n"
+
+
+def _open_stream(
+    lookup: Lookup,
+    route: tuple[str, type[Message], bool],
+    body: bytes,
+    max_message_bytes: int,
+    on_request: OnRequest | None,
+) -> bytes | AsyncGenerator[bytes, None]:
+    """A POST on a streaming path: an error response if the requests do not parse, else the
+    stream's pieces."""
+    grpc_method, request_class, client_streams = route
+    handler = lookup(grpc_method)
+    if handler is None:
+        return _error(_C.UNIMPLEMENTED, f"unknown service {grpc_method}")
+    try:
+        if client_streams:
+            requests = parse_requests(body, request_class)
+        else:
+            requests = [parse_request(body, request_class)]
+        for request in requests:
+            _check_size(request, max_message_bytes)
+    except GatewayError as exc:
+        return _error(exc.code, exc.details)
+    if on_request is not None:
+        on_request(grpc_method)
+    if client_streams:
+        return _stream_pieces(handler.stream_stream, _iterate(requests))
+    return _stream_pieces(handler.unary_stream, requests[0])
+
+
+async def _iterate(requests: list[Message]) -> AsyncIterator[Message]:
+    for request in requests:
+        yield request
+
+
+async def _run_stream(behaviour: Any, request: Any, context: StreamContext) -> None:
+    """Runs a streaming servicer method; its status is left on the context and None queued
+    after its last response."""
+    try:
+        result = behaviour(request, context)
+        if hasattr(result, "__anext__"):
+            async for response in result:
+                await context.write(response)
+        elif inspect.isawaitable(result):
+            await result  # it wrote through context.write
+    except GatewayError as exc:
+        context.code, context.details = exc.code, exc.details
+    except Exception as exc:  # what grpc.aio reports for a handler that raised
+        context.code, context.details = _C.UNKNOWN, f"Unexpected {type(exc)}: {exc}"
+    await context.responses.put(None)  # not reached when cancelled: nobody is reading then
+
+
+async def _stream_pieces(behaviour: Any, request: Any) -> AsyncGenerator[bytes, None]:
+    """The chunked response of one streaming call, piece by piece. Closing the generator (the
+    client left) cancels the servicer."""
+    context = StreamContext()
+    task = asyncio.create_task(_run_stream(behaviour, request, context))
+    head_sent = False
+    try:
+        while (response := await context.responses.get()) is not None:
+            piece = _chunk(b'{"result":' + to_json(response) + b"}\n")
+            if not head_sent:
+                piece, head_sent = _stream_head(200, with_grpc_headers=True) + piece, True
+            yield piece
+        end = b""
+        status = 200
+        if context.code != _C.OK:
+            status = HTTP_STATUS.get(context.code, 500)
+            end = _chunk(_dumps({"error": _stream_error(context.code, context.details)}))
+        end += b"0\r\n\r\n"
+        yield end if head_sent else _stream_head(status, with_grpc_headers=False) + end
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+
+
+def _stream_error(code: grpc.StatusCode, details: str) -> dict[str, Any]:
+    """grpc-gateway's StreamError as its jsonpb writes it: fields at their defaults omitted."""
+    http_code = HTTP_STATUS.get(code, 500)
+    error: dict[str, Any] = {"grpc_code": code.value[0], "http_code": http_code}
+    if details:
+        error["message"] = details
+    error["http_status"] = HTTPStatus(http_code).phrase
+    return error
+
+
+def _stream_head(status: int, *, with_grpc_headers: bool) -> bytes:
+    # The Grpc-Metadata header carries the gRPC response headers, which come with the first
+    # message (a stream that ends before any has none).
+    grpc_headers = "Grpc-Metadata-Content-Type: application/grpc\r\n" if with_grpc_headers else ""
+    return (
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n{COMMON_HEADERS}"
+        f"Content-Type: application/json\r\n{grpc_headers}"
+        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    ).encode("latin-1")
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)

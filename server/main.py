@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from importlib.metadata import version
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,7 +66,7 @@ def _grpc_server(config: Config, health: Callable[[], Awaitable[bool]]) -> Any:
     from . import gateway, http_endpoints
     from .wire.server import Server
 
-    async def http1(head: bytes, body: bytes) -> bytes:
+    async def http1(head: bytes, body: bytes) -> bytes | AsyncGenerator[bytes, None]:
         # etcd's cmux sends /v3/ to its grpc-gateway and the rest to /health and friends.
         if gateway.is_gateway_request(head):
             return await gateway.answer(

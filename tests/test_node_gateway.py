@@ -7,14 +7,19 @@ sizes). Both nodes get exactly the same writes in the same order, so revisions m
 test keeps to its own key prefix. Lease IDs are chosen by the requests (LeaseGrant's ID) so
 lock and election keys, which embed the lease in hex, match too.
 
-Petra-only tests at the end check what etcd does differently on purpose: streaming paths
-answer 501, chunked and oversized bodies are refused.
+The streaming paths (watch, lease keep-alive, election observe, snapshot) are read with a
+raw socket that undoes the chunked encoding, so a test can read the first messages of a stream
+that never ends (a watch) and compare them message by message.
+
+Petra-only tests at the end check what etcd does differently on purpose (chunked and oversized
+bodies are refused) and what cannot be compared (snapshot bytes, cleanup after a client leaves).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import pathlib
 import socket
@@ -299,6 +304,169 @@ def test_election(pair: tuple[Node, Node]) -> None:
     both(pair, "/v3/lease/revoke", {"ID": "9001"})
 
 
+class StreamReader:
+    """One streaming gateway request on a raw socket: the head, then the JSON messages of the
+    chunked body one at a time (newline-delimited; grpc-gateway's error chunk has no newline)."""
+
+    def __init__(self, node: Node, path: str, body: bytes) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", node.client_port), timeout=TIMEOUT_S)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        self.sock.sendall(head.encode() + body)
+        self.raw = b""  # received, not yet de-chunked
+        self.body = b""  # de-chunked, not yet returned as messages
+        self.ended = False  # the last chunk (size 0) was read
+        while b"\r\n\r\n" not in self.raw:
+            self._recv()
+        head_bytes, self.raw = self.raw.split(b"\r\n\r\n", 1)
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = dict(line.split(": ", 1) for line in lines[1:])
+
+    def _recv(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise AssertionError(f"connection closed; unparsed: {self.raw[:200]!r}")
+        self.raw += data
+
+    def _dechunk(self) -> None:
+        while not self.ended and b"\r\n" in self.raw:
+            size_line, rest = self.raw.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            if len(rest) < size + 2:
+                return
+            self.body += rest[:size]
+            self.raw = rest[size + 2 :]
+            self.ended = size == 0
+
+    def next_message(self) -> Any:
+        """The next message, or None at the end of the body."""
+        while True:
+            self._dechunk()
+            if b"\n" in self.body:
+                line, self.body = self.body.split(b"\n", 1)
+                return json.loads(line)
+            if self.ended:
+                line, self.body = self.body, b""
+                return json.loads(line) if line else None
+            self._recv()
+
+    def rest(self) -> list[Any]:
+        """Every message up to the end of the body (for streams that end)."""
+        messages = []
+        while (message := self.next_message()) is not None:
+            messages.append(message)
+        return messages
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def stream_head(reader: StreamReader) -> tuple[int, dict[str, str]]:
+    """The status and the headers that describe the stream (not Date, Connection)."""
+    kept = ("Content-Type", "Transfer-Encoding", "Grpc-Metadata-Content-Type")
+    return reader.status, {k: v for k, v in reader.headers.items() if k in kept}
+
+
+def both_streams(pair: tuple[Node, Node], path: str, body: bytes, count: int | None) -> list[Any]:
+    """Opens the same stream on etcd and petra; asserts the same head and the same first
+    `count` messages (None: every message until the stream ends); returns etcd's."""
+    answers = []
+    for node in pair:
+        reader = StreamReader(node, path, body)
+        try:
+            if count is None:
+                messages = reader.rest()
+            else:
+                messages = [reader.next_message() for _ in range(count)]
+            answers.append((stream_head(reader), normalize(messages)))
+        finally:
+            reader.close()
+    assert answers[1] == answers[0], f"{path} {body!r}"
+    return answers[0][1]
+
+
+def test_watch_stream(pair: tuple[Node, Node]) -> None:
+    """A watch over the gateway: created, the replay from start_revision with prev_kv, and an
+    event put while the stream is open, message for message as etcd; a second watch with a
+    filter and a key range."""
+    first = both(pair, "/v3/kv/put", {"key": b64("gw/w/a"), "value": b64("1")})
+    start = first[1]["header"]["revision"]
+    both(pair, "/v3/kv/put", {"key": b64("gw/w/a"), "value": b64("2")})
+    both(pair, "/v3/kv/deleterange", {"key": b64("gw/w/a")})
+    create = {"key": b64("gw/w/"), "range_end": b64("gw/w0"), "start_revision": start}
+    request = json.dumps({"create_request": {**create, "prev_kv": True}}).encode()
+    messages = both_streams(pair, "/v3/watch", request, 2)  # the replay is one response
+    assert messages[0]["result"]["created"] is True
+    assert [e.get("type", "PUT") for e in messages[1]["result"]["events"]] == [
+        "PUT", "PUT", "DELETE"
+    ]  # fmt: skip
+    readers = [StreamReader(node, "/v3/watch", request) for node in pair]
+    try:
+        for reader in readers:
+            [reader.next_message() for _ in range(2)]
+        put = both(pair, "/v3/kv/put", {"key": b64("gw/w/b"), "value": b64("3")})
+        live = [normalize(reader.next_message()) for reader in readers]
+        assert live[1] == live[0]
+        assert live[0]["result"]["events"][0]["kv"]["mod_revision"] == put[1]["header"]["revision"]
+    finally:
+        for reader in readers:
+            reader.close()
+    filtered = {**create, "filters": ["NOPUT"]}
+    messages = both_streams(pair, "/v3/watch", json.dumps({"create_request": filtered}).encode(), 2)
+    assert messages[1]["result"]["events"][0]["type"] == "DELETE"
+
+
+def test_watch_stream_request_errors(pair: tuple[Node, Node]) -> None:
+    """A first request that does not parse is a plain error (500, code 2: the gateway passes
+    the decoder's error on as it is); a later one only ends the client's side, so the watch
+    created by the first goes on."""
+    for body in (b"xx", b'{"create_request": {"key": 5}}', b"[1]"):
+        both(pair, "/v3/watch", body)
+    create = json.dumps({"create_request": {"key": b64("gw/e/k")}}).encode()
+    messages = both_streams(pair, "/v3/watch", create + b' {"bad json', 1)
+    assert messages[0]["result"]["created"] is True
+
+
+def test_lease_keepalive_stream(pair: tuple[Node, Node]) -> None:
+    """Keep-alive over the gateway: one answer per request in the body, then the stream ends
+    (the client's side ended); an unknown lease answers TTL 0 (omitted); an empty body ends at
+    once; a bad first request is an error, a bad later one ends the stream early."""
+    both(pair, "/v3/lease/grant", {"TTL": "60", "ID": "7001"})
+    messages = both_streams(pair, "/v3/lease/keepalive", b'{"ID": "7001"} {"ID": 7001}', None)
+    assert [m["result"].get("TTL") for m in messages] == ["60", "60"]
+    messages = both_streams(pair, "/v3/lease/keepalive", b'{"ID": "7002"}', None)
+    assert "TTL" not in messages[0]["result"]
+    assert both_streams(pair, "/v3/lease/keepalive", b"", None) == []
+    assert len(both_streams(pair, "/v3/lease/keepalive", b'{"ID": 7001} {"ID": x}', None)) == 1
+    both(pair, "/v3/lease/keepalive", b'{"ID": "x"}')
+    both(pair, "/v3/lease/revoke", {"ID": "7001"})
+
+
+def test_election_observe_stream(pair: tuple[Node, Node]) -> None:
+    """Observe over the gateway: the current leader's key first, then each proclamation."""
+    both(pair, "/v3/lease/grant", {"TTL": "60", "ID": "9101"})
+    status, body = both(
+        pair, "/v3/election/campaign", {"name": b64("gw-el"), "value": b64("v1"), "lease": "9101"}
+    )
+    leader = body["leader"]
+    observe = json.dumps({"name": b64("gw-el")}).encode()
+    messages = both_streams(pair, "/v3/election/observe", observe, 1)
+    assert base64.b64decode(messages[0]["result"]["kv"]["value"]) == b"v1"
+    readers = [StreamReader(node, "/v3/election/observe", observe) for node in pair]
+    try:
+        for reader in readers:
+            reader.next_message()
+        both(pair, "/v3/election/proclaim", {"leader": leader, "value": b64("v2")})
+        seen = [normalize(reader.next_message()) for reader in readers]
+        assert seen[1] == seen[0]
+        assert base64.b64decode(seen[0]["result"]["kv"]["value"]) == b"v2"
+    finally:
+        for reader in readers:
+            reader.close()
+    both(pair, "/v3/election/observe", b'{"name": 5}')
+    both(pair, "/v3/lease/revoke", {"ID": "9101"})
+
+
 def test_compaction_last(pair: tuple[Node, Node]) -> None:
     """Compaction, then a Range below it (400, code 11, compacted) and compacting the same
     revision again. Last in the module: it removes the history the other tests read."""
@@ -325,14 +493,50 @@ def raw_http(node: Node, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.parametrize(
-    "path", ["/v3/watch", "/v3/lease/keepalive", "/v3/maintenance/snapshot", "/v3/election/observe"]
-)
-def test_streaming_paths_answer_unimplemented(pair: tuple[Node, Node], path: str) -> None:
-    """etcd streams these as chunked JSON; petra answers 501 with a gRPC UNIMPLEMENTED body
-    at once (its HTTP/1 path answers one response and closes)."""
-    status, body = post(pair[1], path, {})
-    assert (status, body["code"]) == (501, 12) and path in body["message"]
+def test_snapshot_stream(pair: tuple[Node, Node]) -> None:
+    """Snapshot over the gateway (petra's bytes are its own, so not compared with etcd's):
+    the blobs put together end in the SHA-256 of what precedes them, as `etcdctl snapshot
+    save` checks, and remaining_bytes counts down to the end."""
+    reader = StreamReader(pair[1], "/v3/maintenance/snapshot", b"{}")
+    try:
+        messages = reader.rest()
+    finally:
+        reader.close()
+    assert stream_head(reader)[0] == 200 and len(messages) > 1
+    blob = b"".join(base64.b64decode(m["result"]["blob"]) for m in messages)
+    assert hashlib.sha256(blob[:-32]).digest() == blob[-32:]
+    remaining = [int(m["result"].get("remaining_bytes", "0")) for m in messages]
+    assert remaining == sorted(remaining, reverse=True) and remaining[-1] == 0
+
+
+def metric(node: Node, name: str) -> int:
+    """A metric's value from petra's /metrics (0 if absent)."""
+    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
+        text = resp.read().decode()
+    found = [x for x in text.splitlines() if x.startswith(name + " ")]
+    return int(float(found[0].split()[-1])) if found else 0
+
+
+def test_watch_ends_when_its_client_leaves(pair: tuple[Node, Node]) -> None:
+    """A gateway watch whose client closes the connection is cancelled: petra's watcher count
+    goes back to what it was."""
+    petra = pair[1]
+    before = metric(petra, "etcd_debugging_mvcc_watcher_total")
+    readers = [
+        StreamReader(petra, "/v3/watch", b'{"create_request": {"key": "bGVhdmU="}}')
+        for _ in range(3)
+    ]
+    for reader in readers:
+        assert reader.next_message()["result"]["created"] is True
+    assert metric(petra, "etcd_debugging_mvcc_watcher_total") == before + 3
+    for reader in readers:
+        reader.close()
+    nodes.wait_for(
+        lambda: metric(petra, "etcd_debugging_mvcc_watcher_total") == before,
+        TIMEOUT_S,
+        "the watchers of closed gateway streams to be cancelled",
+    )
 
 
 def test_chunked_body_is_refused(pair: tuple[Node, Node]) -> None:
@@ -373,17 +577,9 @@ def test_gateway_calls_are_counted(pair: tuple[Node, Node]) -> None:
     (etcd's gateway is a gRPC client of its own server)."""
     petra = pair[1]
     line = 'petra_grpc_requests_total{method="/etcdserverpb.Maintenance/Defragment"}'
-
-    def count() -> int:
-        url = f"http://127.0.0.1:{petra.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as resp:
-            text = resp.read().decode()
-        found = [x for x in text.splitlines() if x.startswith(line + " ")]
-        return int(float(found[0].split()[-1])) if found else 0
-
-    before = count()
+    before = metric(petra, line)
     assert post(petra, "/v3/maintenance/defragment", {}) == (200, {})
-    assert count() == before + 1
+    assert metric(petra, line) == before + 1
 
 
 # --- the gateway module without a node -------------------------------------------------------

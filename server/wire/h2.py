@@ -17,7 +17,10 @@ and body (Content-Length bytes, at most twice the dispatcher's max_receive_messa
 JSON spells bytes in base64; a chunked body is refused with 411, a longer one with 413) go to
 the `http1` callback, and the answer is written before closing: one request per connection, no
 keep-alive (etcd serves /health, /version, /metrics and its JSON gateway on the client port the
-same way, through cmux).
+same way, through cmux). The answer is either the whole response or an async iterator of its
+pieces (a chunked stream, such as the gateway's watch): each piece is written when it comes,
+the next is asked for only while the socket takes writes, and a client that goes away cancels
+the iteration.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import collections
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol
 
 from .hpack import Decoder, HPACKError
@@ -109,12 +112,17 @@ class StreamHandler(Protocol):
     def reset(self) -> None: ...
 
 
+# An HTTP/1 answer: the whole response, or its pieces as they come.
+Http1Answer = bytes | AsyncGenerator[bytes, None]
+Http1Handler = Callable[[bytes, bytes], Awaitable[Http1Answer]]
+
+
 class Dispatcher(Protocol):
     def open_stream(
         self, conn: Connection, stream: Stream, headers: list[tuple[bytes, bytes]]
     ) -> StreamHandler | None: ...
 
-    http1: Callable[[bytes, bytes], Awaitable[bytes]] | None
+    http1: Http1Handler | None
     max_receive_message_length: int
 
 
@@ -179,6 +187,7 @@ class Connection(asyncio.Protocol):
         self.going_away = False
         self.refuse = False
         self._http1_task: asyncio.Future[None] | None = None
+        self._http1_streaming = False
         self.closed = False
         self.peer = ""
 
@@ -212,6 +221,8 @@ class Connection(asyncio.Protocol):
                 stream.handler.reset()
         if self._write_resumed is not None and not self._write_resumed.done():
             self._write_resumed.set_result(None)
+        if self._http1_streaming and self._http1_task is not None:
+            self._http1_task.cancel()  # nobody is left to read the stream
         self.on_close(self)
 
     def pause_writing(self) -> None:
@@ -229,6 +240,8 @@ class Connection(asyncio.Protocol):
             if consumed < len(data):
                 self._buf += data[consumed:]
             return
+        if self._mode == 3:
+            return  # the HTTP/1 request is complete: what follows it is ignored, not buffered
         self._buf += data
         if self._mode == 0:
             self._sniff()
@@ -311,17 +324,32 @@ class Connection(asyncio.Protocol):
             self._answer_http1(http1, self._http1_request, body)
         )
 
-    async def _answer_http1(
-        self, http1: Callable[[bytes, bytes], Awaitable[bytes]], head: bytes, body: bytes
-    ) -> None:
+    async def _answer_http1(self, http1: Http1Handler, head: bytes, body: bytes) -> None:
         try:
             answer = await http1(head, body)
         except Exception:
             log.exception("HTTP/1 handler failed")
             answer = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
-        if not self.closed:
-            self.transport.write(answer)
-            self.transport.close()
+        if isinstance(answer, bytes):
+            if not self.closed:
+                self.transport.write(answer)
+                self.transport.close()
+            return
+        self._http1_streaming = not self.closed
+        try:
+            async for piece in answer:
+                if self.closed:
+                    break
+                self.transport.write(piece)
+                await self._writable()
+        except asyncio.CancelledError:
+            pass  # the client went away (connection_lost)
+        except Exception:
+            log.exception("HTTP/1 stream failed")
+        finally:
+            await answer.aclose()
+            if not self.closed:
+                self.transport.close()
 
     def _abandon(self) -> None:
         self._mode = 3
@@ -683,6 +711,10 @@ class Connection(asyncio.Protocol):
             if stream.drained is None:
                 stream.drained = asyncio.get_running_loop().create_future()
             await stream.drained
+        await self._writable()
+
+    async def _writable(self) -> None:
+        """Waits until the socket takes writes again (or the connection is gone)."""
         while self._write_paused and not self.closed:
             if self._write_resumed is None:
                 self._write_resumed = asyncio.get_running_loop().create_future()

@@ -25,7 +25,7 @@ import logging
 import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
@@ -474,7 +474,7 @@ class Server:
         max_send_message_length: int = 2**31 - 1,
         on_request: Callable[[str], None] | None = None,  # per RPC of a known method
         on_unary_done: Callable[[str, float], None] | None = None,
-        http1: Callable[[bytes, bytes], Awaitable[bytes]] | None = None,
+        http1: h2.Http1Handler | None = None,
     ) -> None:
         self.max_receive_message_length = max_receive_message_length
         self.max_send_message_length = max_send_message_length
