@@ -511,6 +511,7 @@ async def _iterate(requests: list[Message]) -> AsyncIterator[Message]:
 async def _run_stream(behaviour: Any, request: Any, context: StreamContext) -> None:
     """Runs a streaming servicer method; its status is left on the context and None queued
     after its last response."""
+    result = None
     try:
         result = behaviour(request, context)
         if hasattr(result, "__anext__"):
@@ -518,6 +519,10 @@ async def _run_stream(behaviour: Any, request: Any, context: StreamContext) -> N
                 await context.write(response)
         elif inspect.isawaitable(result):
             await result  # it wrote through context.write
+    except asyncio.CancelledError:
+        if hasattr(result, "aclose"):
+            await result.aclose()  # cancelled while it waited on write: end it now, not at GC
+        raise
     except GatewayError as exc:
         context.code, context.details = exc.code, exc.details
     except Exception as exc:  # what grpc.aio reports for a handler that raised

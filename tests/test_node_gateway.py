@@ -636,3 +636,105 @@ def test_route_without_a_registered_service() -> None:
     head = b"POST /v3/lock/lock HTTP/1.1\r\n\r\n"
     raw = asyncio.run(gateway.answer(lambda path: None, head, b"{}", 1 << 20))
     assert raw.startswith(b"HTTP/1.1 501 ") and b'"code":12' in raw
+
+
+def stream_answer(behaviour: Any, body: bytes = b'{"ID": 1}') -> tuple[int, list[Any]]:
+    """Runs gateway.answer for POST /v3/lease/keepalive against a fake bidi servicer; returns
+    the status and the de-chunked body's JSON values."""
+    handler = grpc.stream_stream_rpc_method_handler(behaviour)
+
+    def lookup(path: str) -> Any:
+        return handler if path == "/etcdserverpb.Lease/LeaseKeepAlive" else None
+
+    async def collect() -> bytes:
+        pieces = await gateway.answer(
+            lookup, b"POST /v3/lease/keepalive HTTP/1.1\r\n\r\n", body, 1 << 20
+        )
+        assert not isinstance(pieces, bytes)
+        return b"".join([piece async for piece in pieces])
+
+    raw = asyncio.run(collect())
+    head, _, chunked = raw.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked\r\n" in head
+    data = b""
+    while True:
+        size_line, _, chunked = chunked.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        data, chunked = data + chunked[:size], chunked[size + 2 :]
+    text = data.decode()
+    values, decoder, pos = [], json.JSONDecoder(), 0
+    while pos < len(text):
+        value, pos = decoder.raw_decode(text, pos)
+        values.append(value)
+        pos = len(text) - len(text[pos:].lstrip())
+    return int(head.split()[1]), values
+
+
+def test_stream_errors_end_the_stream_as_grpc_gateway_does() -> None:
+    """An error before any response sets the HTTP status and is the whole body; after responses
+    it follows them (status 200 already sent); both as grpc-gateway's StreamError."""
+
+    async def fails_at_once(requests: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "etcdserver: no leader")
+        yield  # an async generator, as petra's streaming servicers are
+
+    async def fails_after_one(requests: Any, context: Any) -> Any:
+        async for request in requests:
+            yield rpc_pb2.LeaseKeepAliveResponse(ID=request.ID, TTL=5)
+        raise RuntimeError("boom")
+
+    async def writes(requests: Any, context: Any) -> None:  # through context.write
+        async for request in requests:
+            await context.write(rpc_pb2.LeaseKeepAliveResponse(ID=request.ID))
+
+    no_leader = {"grpc_code": 14, "http_code": 503, "message": "etcdserver: no leader"}
+    assert stream_answer(fails_at_once) == (
+        503,
+        [{"error": {**no_leader, "http_status": "Service Unavailable"}}],
+    )
+    boom = "Unexpected <class 'RuntimeError'>: boom"
+    assert stream_answer(fails_after_one, b'{"ID": 1} {"ID": 2}') == (
+        200,
+        [
+            {"result": {"ID": "1", "TTL": "5"}},
+            {"result": {"ID": "2", "TTL": "5"}},
+            {"error": {"grpc_code": 2, "http_code": 500, "message": boom,
+                       "http_status": "Internal Server Error"}},
+        ],
+    )  # fmt: skip
+    assert stream_answer(writes, b'{"ID": 3}') == (200, [{"result": {"ID": "3"}}])
+
+
+def test_a_stream_runs_at_most_a_queue_ahead_of_its_reader() -> None:
+    """A servicer producing without end is held back once STREAM_QUEUE_MAX responses wait
+    for the HTTP side, and is cancelled when the reader closes the stream."""
+    produced = 0
+    ended = asyncio.Event()
+
+    async def endless(requests: Any, context: Any) -> Any:
+        nonlocal produced
+        try:
+            while True:
+                produced += 1
+                yield rpc_pb2.LeaseKeepAliveResponse(ID=produced)
+        finally:
+            ended.set()
+
+    handler = grpc.stream_stream_rpc_method_handler(endless)
+
+    async def scenario() -> None:
+        pieces = await gateway.answer(
+            lambda path: handler, b"POST /v3/lease/keepalive HTTP/1.1\r\n\r\n", b"", 1 << 20
+        )
+        assert not isinstance(pieces, bytes)
+        first = await pieces.__anext__()
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n") and b'"ID":"1"' in first
+        for _ in range(100):
+            await asyncio.sleep(0)  # let the servicer run as far as it can
+        assert produced <= gateway.STREAM_QUEUE_MAX + 2
+        await pieces.aclose()
+        assert ended.is_set()
+
+    asyncio.run(scenario())
