@@ -194,7 +194,9 @@ class Node:
         data = entry.frame(field, request_id, message.SerializeToString())
         if len(data) > self.config.max_request_bytes:
             raise errors.RequestTooLargeError()
-        return await self.driver.propose(request_id, data)
+        return await self.driver.propose(
+            request_id, data, may_run_long=_deletes_a_range(field, message)
+        )
 
     async def read_barrier(self) -> None:
         await self.driver.read_barrier()
@@ -303,3 +305,17 @@ class Node:
 
         if entry.data:
             self._rec.raw_node.apply_conf_change(codec.decode_conf_change(entry.data))
+
+
+def _deletes_a_range(field: str, message: Any) -> bool:
+    """Whether a KV request may delete a range of keys, whose apply time grows with the keys
+    deleted rather than with the request's size."""
+    if field == "delete_range":
+        return bool(message.range_end)
+    if field == "txn":
+        return any(
+            op.HasField("request_delete_range") and op.request_delete_range.range_end
+            for ops in (message.success, message.failure)
+            for op in ops
+        )
+    return False

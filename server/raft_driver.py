@@ -142,8 +142,12 @@ class RaftDriver:
         self._leader_callbacks.append(callback)
 
     # -- writes ----------------------------------------------------------------------------
-    def propose(self, request_id: int, data: bytes) -> asyncio.Future[Any]:
-        """Propose `data`; the future gets the applied result for `request_id`."""
+    def propose(
+        self, request_id: int, data: bytes, *, may_run_long: bool = False
+    ) -> asyncio.Future[Any]:
+        """Propose `data`; the future gets the applied result for `request_id`. A request that
+        `may_run_long` (a range delete: 300,000 keys take seconds) is never applied inline on
+        the loop, where it would stall every other client meanwhile."""
         if self._stopped:
             raise errors.StoppedError()
         if self.commit_index - self.applied_index > MAX_GAP_ENTRIES:
@@ -152,7 +156,7 @@ class RaftDriver:
             raise errors.NoLeaderError() if not self.leader_id else errors.NotCapableError()
         future = self.loop.create_future()
         self._waiters[request_id] = future
-        if len(self._waiters) > self.inline_waiters_max:
+        if len(self._waiters) > self.inline_waiters_max or may_run_long:
             self._overlap_until_s = time.monotonic() + INLINE_QUIET_S
         self._deadlines.append((time.monotonic() + self.request_timeout_s, request_id))
         # Handed to Raft in one batch by _drive: one append message for all of them.

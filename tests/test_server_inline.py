@@ -222,3 +222,62 @@ def test_node_inlines_a_lone_client_not_concurrent_ones(tmp_path: Any) -> None:
             await node.stop()
 
     asyncio.run(asyncio.wait_for(body(), 60))
+
+
+def test_node_never_inlines_a_range_delete(tmp_path: Any) -> None:
+    """A lone client's range delete (or a txn holding one) goes to the storage thread, since
+    its apply time grows with the keys it deletes; a lone single-key delete and put stay
+    inline. Every delete is applied."""
+    from api.etcdserverpb import rpc_pb2
+    from tests.test_server_node import config_for, put, started
+
+    async def body() -> None:
+        node = await started(config_for(tmp_path))
+        ways: list[str] = []
+        run_inline, submit = node.storage.run_inline, node.storage.submit
+
+        def counted_inline(job: ReadyJob) -> bool:
+            done = run_inline(job)
+            ways.append("inline" if done else "refused")
+            return done
+
+        def counted_submit(job: ReadyJob) -> None:
+            ways.append("thread")
+            submit(job)
+
+        async def settle() -> None:
+            # No overlap window left over from the request before, and the WAL prepared.
+            await wait_for(
+                asyncio.get_running_loop(),
+                lambda: (
+                    time.monotonic() >= node.driver._overlap_until_s
+                    and node.wal.needs_prepare() is False
+                ),
+            )
+            ways.clear()
+
+        node.storage.run_inline = counted_inline  # type: ignore[method-assign]
+        node.storage.submit = counted_submit  # type: ignore[method-assign]
+        try:
+            for i in range(10):
+                await node.propose(put(b"k%d" % i))
+            await settle()
+            one = rpc_pb2.DeleteRangeRequest(key=b"k0")
+            assert (await node.propose_op("delete_range", one)).deleted == 1
+            assert ways == ["inline"]
+            await settle()
+            some = rpc_pb2.DeleteRangeRequest(key=b"k1", range_end=b"k5")
+            assert (await node.propose_op("delete_range", some)).deleted == 4
+            assert ways == ["thread"]
+            await settle()
+            op = rpc_pb2.RequestOp(
+                request_delete_range=rpc_pb2.DeleteRangeRequest(key=b"k", range_end=b"l")
+            )
+            txn = rpc_pb2.TxnRequest(success=[op])
+            response = await node.propose_op("txn", txn)
+            assert response.responses[0].response_delete_range.deleted == 5
+            assert ways == ["thread"]
+        finally:
+            await node.stop()
+
+    asyncio.run(asyncio.wait_for(body(), 60))
