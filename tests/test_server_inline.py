@@ -181,6 +181,26 @@ def test_inline_fatal_wal_error_reports_no_done() -> None:
     asyncio.run(main())
 
 
+def record_ways(node: Any) -> list[str]:
+    """Wraps the node's storage thread so that each Ready's way is recorded: "inline",
+    "refused" (inline was tried, the thread was busy) or "thread"."""
+    ways: list[str] = []
+    run_inline, submit = node.storage.run_inline, node.storage.submit
+
+    def counted_inline(job: ReadyJob) -> bool:
+        done = run_inline(job)
+        ways.append("inline" if done else "refused")
+        return done
+
+    def counted_submit(job: ReadyJob) -> None:
+        ways.append("thread")
+        submit(job)
+
+    node.storage.run_inline = counted_inline
+    node.storage.submit = counted_submit
+    return ways
+
+
 def test_node_inlines_a_lone_client_not_concurrent_ones(tmp_path: Any) -> None:
     """A real node: sequential puts are written by the loop itself (every Ready inline);
     then 16 concurrent puts overlap, and from there Readies go to the storage thread, in
@@ -189,20 +209,7 @@ def test_node_inlines_a_lone_client_not_concurrent_ones(tmp_path: Any) -> None:
 
     async def body() -> None:
         node = await started(config_for(tmp_path))
-        ways: list[str] = []
-        run_inline, submit = node.storage.run_inline, node.storage.submit
-
-        def counted_inline(job: ReadyJob) -> bool:
-            done = run_inline(job)
-            ways.append("inline" if done else "refused")
-            return done
-
-        def counted_submit(job: ReadyJob) -> None:
-            ways.append("thread")
-            submit(job)
-
-        node.storage.run_inline = counted_inline  # type: ignore[method-assign]
-        node.storage.submit = counted_submit  # type: ignore[method-assign]
+        ways = record_ways(node)
         try:
             await wait_for(asyncio.get_running_loop(), lambda: node.wal.needs_prepare() is False)
             for i in range(20):
@@ -233,17 +240,7 @@ def test_node_never_inlines_a_range_delete(tmp_path: Any) -> None:
 
     async def body() -> None:
         node = await started(config_for(tmp_path))
-        ways: list[str] = []
-        run_inline, submit = node.storage.run_inline, node.storage.submit
-
-        def counted_inline(job: ReadyJob) -> bool:
-            done = run_inline(job)
-            ways.append("inline" if done else "refused")
-            return done
-
-        def counted_submit(job: ReadyJob) -> None:
-            ways.append("thread")
-            submit(job)
+        ways = record_ways(node)
 
         async def settle() -> None:
             # No overlap window left over from the request before, and the WAL prepared.
@@ -256,8 +253,6 @@ def test_node_never_inlines_a_range_delete(tmp_path: Any) -> None:
             )
             ways.clear()
 
-        node.storage.run_inline = counted_inline  # type: ignore[method-assign]
-        node.storage.submit = counted_submit  # type: ignore[method-assign]
         try:
             for i in range(10):
                 await node.propose(put(b"k%d" % i))
