@@ -27,6 +27,10 @@ _MAIN_MAX = keys.MAIN_MAX
 _SHORT = keys.SHORT_KEY_BYTES_MAX
 _LATEST = reader.LATEST
 
+_LEASE_AT = reader._LEASE_AT
+_ZERO8 = reader._ZERO8
+Rec = tuple[bytes, bytes]  # an LMDB (key, value) record
+
 # A raw event: (main, sub, is_delete, key, create, version, lease, value).
 RawEvent = tuple[int, int, bool, bytes, int, int, int, bytes]
 
@@ -346,12 +350,29 @@ class WriteBatch:
             self.ltxn.put(_U64_PACK(new & _MAIN_MAX) + ik, key, db=self.dbs.lkeys)
 
     def _delete(self, req: rpc_pb2.DeleteRangeRequest, main: int) -> rpc_pb2.DeleteRangeResponse:
+        """Tombstones every live key of the range at (main, self._sub...), in key order.
+
+        A big prefix delete is one of the slowest requests, so the scan keeps raw index records
+        and the writes go through putmulti: tombstone log keys ascend and append to the log."""
         resp = rpc_pb2.DeleteRangeResponse()
-        doomed = list(reader.range_entries(self.ltxn, self.dbs, req.key, req.range_end, _LATEST))
-        for e in doomed:
-            if req.prev_kv:
-                resp.prev_kvs.append(reader.to_kv(self.ltxn, self.dbs, e))
-            self._delete_key(e.key, main, e.lease)
+        doomed = list(reader.range_raw(self.ltxn, self.dbs, req.key, req.range_end, _LATEST))
+        if not doomed:
+            return resp
+        if req.prev_kv:
+            reader.fill_kvs(self.ltxn, self.dbs, resp.prev_kvs, doomed)
+        sub0 = self._sub
+        self._sub = sub0 + len(doomed)
+        self.log.putmulti(_tombstone_log_records(doomed, main, sub0), append=True)
+        self.idx.putmulti(_tombstone_idx_records(doomed, main, sub0))
+        lkeys = self.dbs.lkeys
+        delete = self.ltxn.delete
+        for _, comp, v in doomed:
+            if v[_LEASE_AT:_IDX_SIZE] != _ZERO8:  # the raw lease is the lkeys key's prefix
+                delete(v[_LEASE_AT:_IDX_SIZE] + comp[:-8], db=lkeys)
+        if self.events is not None:
+            self.events.extend(
+                (main, sub, True, r[0], 0, 0, 0, b"") for sub, r in enumerate(doomed, sub0)
+            )
         resp.deleted = len(doomed)
         return resp
 
@@ -372,6 +393,31 @@ class WriteBatch:
             self._move_lease(ik, key, lease, 0)
         if self.events is not None:
             self.events.append((main, sub, True, key, 0, 0, 0, b""))
+
+
+def _tombstone_log_records(doomed: list[reader.Raw], main: int, sub0: int) -> list[Rec]:
+    """Log records of the tombstones (main, sub0...) of the doomed keys, in log key order."""
+    head = _U64_PACK(main) + b"_"
+    zero = _LOG_PACK(0, 0, 0, 0)[:-4]  # create, version and lease of a tombstone are 0
+    return [
+        (head + _U64_PACK(sub) + b"t", zero + len(r[0]).to_bytes(4, "big") + r[0])
+        for sub, r in enumerate(doomed, sub0)
+    ]
+
+
+def _tombstone_idx_records(doomed: list[reader.Raw], main: int, sub0: int) -> list[Rec]:
+    """Index records of the tombstones: ikey + inverted main -> (sub, 0, 0, 0) [+ long key]."""
+    inv_main = keys.inv(main)
+    zero = _IDX_PACK(0, 0, 0, 0)[4:]
+    return [
+        (
+            r[1][:-8] + inv_main,
+            sub.to_bytes(4, "big") + zero
+            if len(r[0]) <= _SHORT
+            else sub.to_bytes(4, "big") + zero + r[0],
+        )
+        for sub, r in enumerate(doomed, sub0)
+    ]
 
 
 def _check_op_form(op: rpc_pb2.RequestOp, which: str | None) -> None:
