@@ -7,7 +7,7 @@ fails raises and leaves the batch as it was (LMDB nested transactions are not us
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from api.etcdserverpb import rpc_pb2
@@ -395,21 +395,24 @@ class WriteBatch:
             self.events.append((main, sub, True, key, 0, 0, 0, b""))
 
 
-def _tombstone_log_records(doomed: list[reader.Raw], main: int, sub0: int) -> list[Rec]:
-    """Log records of the tombstones (main, sub0...) of the doomed keys, in log key order."""
+def _tombstone_log_records(doomed: list[reader.Raw], main: int, sub0: int) -> Iterator[Rec]:
+    """Log records of the tombstones (main, sub0...) of the doomed keys, in log key order.
+    A generator: putmulti consumes each record at once, so a big delete never holds them all
+    (a list of them was hundreds of MB for 280k long keys, and allocating it cost more than
+    building it)."""
     head = _U64_PACK(main) + b"_"
     zero = _LOG_PACK(0, 0, 0, 0)[:-4]  # create, version and lease of a tombstone are 0
-    return [
+    return (
         (head + _U64_PACK(sub) + b"t", zero + len(r[0]).to_bytes(4, "big") + r[0])
         for sub, r in enumerate(doomed, sub0)
-    ]
+    )
 
 
-def _tombstone_idx_records(doomed: list[reader.Raw], main: int, sub0: int) -> list[Rec]:
+def _tombstone_idx_records(doomed: list[reader.Raw], main: int, sub0: int) -> Iterator[Rec]:
     """Index records of the tombstones: ikey + inverted main -> (sub, 0, 0, 0) [+ long key]."""
     inv_main = keys.inv(main)
     zero = _IDX_PACK(0, 0, 0, 0)[4:]
-    return [
+    return (
         (
             r[1][:-8] + inv_main,
             sub.to_bytes(4, "big") + zero
@@ -417,7 +420,7 @@ def _tombstone_idx_records(doomed: list[reader.Raw], main: int, sub0: int) -> li
             else sub.to_bytes(4, "big") + zero + r[0],
         )
         for sub, r in enumerate(doomed, sub0)
-    ]
+    )
 
 
 def _check_op_form(op: rpc_pb2.RequestOp, which: str | None) -> None:

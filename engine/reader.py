@@ -88,61 +88,60 @@ def iter_live(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int) -> 
 
 def iter_live_raw(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int) -> Iterator[Raw]:
     """iter_live as raw index records (key, index key, index value): a big delete needs only
-    the ikey and the lease of each key, so it skips building Entry objects."""
+    the ikey and the lease of each key, so it skips building Entry objects.
+
+    One pass over the index in ikey order: a key's newest entry <= rev is its first one (or one
+    seek away), the rest of its history is skipped with a seek. Long keys of one group are
+    contiguous but in hash order: they are held until the group ends, then emitted by key."""
     cur = txn.cursor(db=dbs.idx)
     stop = keys.upper_bound(end) if end is not None else None
     inv_rev = keys.inv(rev)
+    group = b""  # the group prefix of `members`
+    members: list[Raw] = []  # live keys of the current long-key group
+    prev_ik = b""
     ok = cur.set_range(keys.lower_bound(start))
     while ok:
-        comp = cur.key()
+        comp, v = cur.item()
         ik = comp[:-8]
+        if ik == prev_ik:  # an older entry of the key just seen: skip its history
+            ok = cur.set_range(ik + keys.INV_END)
+            continue
         if stop is not None and ik >= stop:
-            return
-        v = cur.value()
-        if len(v) > _IDX_SIZE:  # a long-key group: gather it, then emit in key order
-            members, ok = _gather_group(cur, ik[:-_HASH_BYTES], inv_rev)
-            if len(members) > 1:
-                members.sort()  # keys are distinct, so tuples sort by key
-            for m in members:
-                if m[0] >= start and (end is None or m[0] < end):
-                    yield m
-            continue  # _gather_group left the cursor on the first record after the group
+            break
+        prev_ik = ik
         if comp[-8:] < inv_rev:  # newest entry is above rev: find the newest <= rev
             if not cur.set_range(ik + inv_rev):
-                return
-            comp = cur.key()
+                break
+            comp, v = cur.item()
             if comp[:-8] != ik:
                 continue  # no entry <= rev: the cursor is on the next key already
-            v = cur.value()
-        if v[_VERSION_AT:_LEASE_AT] != _ZERO8:  # version 0 is a tombstone
-            yield keys.decode_short_ikey(ik), comp, v
         ok = cur.next()
-        if ok and cur.key()[:-8] == ik:
-            ok = cur.set_range(ik + keys.INV_END)
-
-
-def _gather_group(cur: Any, group: bytes, inv_rev: bytes) -> tuple[list[Raw], bool]:
-    """The live members of the long-key group under the cursor (in hash order), and whether the
-    cursor is left on a record (the first one after the group)."""
-    members: list[Raw] = []
-    glen = len(group)
-    ok = True
-    while ok:
-        comp = cur.key()
-        if comp[:glen] != group:
-            break
-        ik = comp[:-8]
-        if comp[-8:] < inv_rev:
-            if not cur.set_range(ik + inv_rev):
-                return members, False
-            comp = cur.key()
-            if comp[:-8] != ik:
-                continue
-        v = cur.value()
+        if len(v) > _IDX_SIZE:
+            g = ik[:-_HASH_BYTES]
+            if g != group:
+                if members:
+                    yield from _group_in_order(members, start, end)
+                    members = []
+                group = g
+            if v[_VERSION_AT:_LEASE_AT] != _ZERO8:  # version 0 is a tombstone
+                members.append((v[_IDX_SIZE:], comp, v))
+            continue
+        if members:
+            yield from _group_in_order(members, start, end)
+            members = []
         if v[_VERSION_AT:_LEASE_AT] != _ZERO8:
-            members.append((v[_IDX_SIZE:], comp, v))
-        ok = cur.set_range(ik + keys.INV_END)
-    return members, ok
+            yield keys.decode_short_ikey(ik), comp, v
+    if members:
+        yield from _group_in_order(members, start, end)
+
+
+def _group_in_order(members: list[Raw], start: bytes, end: bytes | None) -> list[Raw]:
+    """A long-key group's live members within [start, end), in key order."""
+    if len(members) > 1:
+        members.sort()  # keys are distinct, so the tuples sort by key
+    elif members[0][0] >= start and (end is None or members[0][0] < end):
+        return members  # most groups have one key
+    return [m for m in members if m[0] >= start and (end is None or m[0] < end)]
 
 
 def get_value(txn: Any, dbs: Dbs, main: int, sub: int) -> bytes:
