@@ -25,6 +25,8 @@ _HASH_BYTES = keys.HASH_BYTES
 _VERSION_AT = 12
 _LEASE_AT = 20
 _ZERO8 = b"\x00" * 8
+# A scan steps over at most this many records of one key's history before it seeks past them.
+_SKIP_RECORDS_MAX = 8
 assert _LEASE_AT + 8 == _IDX_SIZE, "the index value layout changed: fix the offsets"
 LATEST = keys.MAIN_MAX - 1  # "read at the newest revision", including a write txn's own writes
 
@@ -40,7 +42,8 @@ class Entry(NamedTuple):
     lease: int
 
 
-# A live key's raw index record: (user key, index key = ikey + inverted main, index value).
+# A live key's raw index record: (user key, index key = ikey + inverted main, index value);
+# the index value of a long key may be cut to its fixed fields (IDX_VALUE, without the key).
 Raw = tuple[bytes, bytes, bytes]
 
 
@@ -90,47 +93,59 @@ def iter_live_raw(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int)
     """iter_live as raw index records (key, index key, index value): a big delete needs only
     the ikey and the lease of each key, so it skips building Entry objects.
 
-    One pass over the index in ikey order: a key's newest entry <= rev is its first one (or one
-    seek away), the rest of its history is skipped with a seek. Long keys of one group are
-    contiguous but in hash order: they are held until the group ends, then emitted by key."""
+    One pass over the index in ikey order with the cursor's own iterator (a Python-level
+    next() per record costs more than the record). A key's newest entry <= rev is the first of
+    its records not above rev; the records around it are stepped over, and a run of more than
+    _SKIP_RECORDS_MAX of them (a long history) is left with a seek instead. Long keys of one
+    group are contiguous but in hash order: they are held until the group ends, then emitted
+    in key order."""
     cur = txn.cursor(db=dbs.idx)
     stop = keys.upper_bound(end) if end is not None else None
     inv_rev = keys.inv(rev)
     group = b""  # the group prefix of `members`
     members: list[Raw] = []  # live keys of the current long-key group
-    prev_ik = b""
-    ok = cur.set_range(keys.lower_bound(start))
-    while ok:
-        comp, v = cur.item()
-        ik = comp[:-8]
-        if ik == prev_ik:  # an older entry of the key just seen: skip its history
-            ok = cur.set_range(ik + keys.INV_END)
-            continue
-        if stop is not None and ik >= stop:
-            break
-        prev_ik = ik
-        if comp[-8:] < inv_rev:  # newest entry is above rev: find the newest <= rev
-            if not cur.set_range(ik + inv_rev):
+    done_ik = b""  # the last key whose entry at rev was handled: its older records are skipped
+    seen_ik = b""  # the last key seen with a record above rev
+    skipped = 0  # records stepped over in a row
+    seek: bytes | None = keys.lower_bound(start)
+    while seek is not None and cur.set_range(seek):
+        seek = None
+        for comp, v in cur.iternext():
+            ik = comp[:-8]
+            if ik == done_ik:  # older history of a key already handled
+                skipped += 1
+                if skipped > _SKIP_RECORDS_MAX:
+                    seek = ik + keys.INV_END
+                    break
+                continue
+            if stop is not None and ik >= stop:
                 break
-            comp, v = cur.item()
-            if comp[:-8] != ik:
-                continue  # no entry <= rev: the cursor is on the next key already
-        ok = cur.next()
-        if len(v) > _IDX_SIZE:
-            g = ik[:-_HASH_BYTES]
-            if g != group:
-                if members:
-                    yield from _group_in_order(members, start, end)
-                    members = []
-                group = g
-            if v[_VERSION_AT:_LEASE_AT] != _ZERO8:  # version 0 is a tombstone
-                members.append((v[_IDX_SIZE:], comp, v))
-            continue
-        if members:
-            yield from _group_in_order(members, start, end)
-            members = []
-        if v[_VERSION_AT:_LEASE_AT] != _ZERO8:
-            yield keys.decode_short_ikey(ik), comp, v
+            if comp[-8:] < inv_rev:  # above rev: the key's entry at rev is further on
+                skipped = skipped + 1 if ik == seen_ik else 1
+                seen_ik = ik
+                if skipped > _SKIP_RECORDS_MAX:
+                    seek = ik + inv_rev
+                    break
+                continue
+            done_ik = ik
+            skipped = 0
+            if len(v) > _IDX_SIZE:
+                g = ik[:-_HASH_BYTES]
+                if g != group:
+                    if members:
+                        yield from _group_in_order(members, start, end)
+                        members = []
+                    group = g
+                if v[_VERSION_AT:_LEASE_AT] != _ZERO8:  # version 0 is a tombstone
+                    # Only the fixed fields of v are kept: a big delete holds every Raw, and
+                    # fresh memory (page faults) is most of what a scan of long keys costs.
+                    members.append((v[_IDX_SIZE:], comp, v[:_IDX_SIZE]))
+                continue
+            if members:
+                yield from _group_in_order(members, start, end)
+                members = []
+            if v[_VERSION_AT:_LEASE_AT] != _ZERO8:
+                yield keys.decode_short_ikey(ik), comp, v
     if members:
         yield from _group_in_order(members, start, end)
 
