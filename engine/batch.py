@@ -7,6 +7,7 @@ fails raises and leaves the batch as it was (LMDB nested transactions are not us
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,8 @@ _MAIN_MAX = keys.MAIN_MAX
 _SHORT = keys.SHORT_KEY_BYTES_MAX
 _LATEST = reader.LATEST
 
+# Live keys a DeleteRange scans before it writes their tombstones (see _delete).
+DELETE_CHUNK_KEYS = 1024
 _LEASE_AT = reader._LEASE_AT
 _ZERO8 = reader._ZERO8
 Rec = tuple[bytes, bytes]  # an LMDB (key, value) record
@@ -352,13 +355,35 @@ class WriteBatch:
     def _delete(self, req: rpc_pb2.DeleteRangeRequest, main: int) -> rpc_pb2.DeleteRangeResponse:
         """Tombstones every live key of the range at (main, self._sub...), in key order.
 
-        A big prefix delete is one of the slowest requests, so the scan keeps raw index records
-        and the writes go through putmulti: tombstone log keys ascend and append to the log."""
+        A big prefix delete is one of the slowest requests. It goes in chunks: scan up to
+        DELETE_CHUNK_KEYS live keys (raw index records), write their tombstones with putmulti
+        (log keys ascend: they append), then scan on from the key after the chunk's last (the
+        chunk's keys are dead by then). Fresh memory costs more than the work here, and a chunk's
+        records reuse the memory of the one before."""
         resp = rpc_pb2.DeleteRangeResponse()
-        doomed = list(reader.range_raw(self.ltxn, self.dbs, req.key, req.range_end, _LATEST))
-        if not doomed:
+        kr = reader.key_range(req.key, req.range_end)
+        if kr is None:
+            one = reader.get_one_raw(self.ltxn, self.dbs, req.key, _LATEST)
+            if one is not None:
+                self._tombstones([one], main, req.prev_kv, resp)
             return resp
-        if req.prev_kv:
+        start, end = kr
+        while end is None or start < end:
+            scan = reader.iter_live_raw(self.ltxn, self.dbs, start, end, _LATEST)
+            chunk = list(itertools.islice(scan, DELETE_CHUNK_KEYS))
+            scan.close()  # its cursor must not outlive the writes below
+            if chunk:
+                self._tombstones(chunk, main, req.prev_kv, resp)
+            if len(chunk) < DELETE_CHUNK_KEYS:
+                break
+            start = chunk[-1][0] + b"\x00"  # the smallest key after the chunk's last
+        return resp
+
+    def _tombstones(
+        self, doomed: list[reader.Raw], main: int, prev_kv: bool, resp: rpc_pb2.DeleteRangeResponse
+    ) -> None:
+        """Deletes the live keys `doomed` (in key order) at (main, self._sub...)."""
+        if prev_kv:
             reader.fill_kvs(self.ltxn, self.dbs, resp.prev_kvs, doomed)
         sub0 = self._sub
         self._sub = sub0 + len(doomed)
@@ -373,8 +398,7 @@ class WriteBatch:
             self.events.extend(
                 (main, sub, True, r[0], 0, 0, 0, b"") for sub, r in enumerate(doomed, sub0)
             )
-        resp.deleted = len(doomed)
-        return resp
+        resp.deleted += len(doomed)
 
     def _delete_key(self, key: bytes, main: int, lease: int | None = None) -> None:
         ik = keys.ikey(key)

@@ -1,6 +1,7 @@
 """DeleteRange's bulk path (engine/batch.py `_delete`, engine/reader.py `iter_live_raw`).
 
-The bulk path scans raw index records in one pass and writes the tombstones with putmulti. These
+The bulk path scans raw index records in chunks and writes each chunk's tombstones with putmulti
+before it scans on. These
 tests check it byte for byte against records built here from the layouts in engine/keys.py (the
 way the per-key path writes them), over seeded random stores that mix short keys, long keys
 sharing a group, keys with history, deleted keys and leases; and check the response, prev_kvs,
@@ -16,7 +17,7 @@ import pytest
 
 from api.etcdserverpb import rpc_pb2 as pb
 from api.mvccpb import kv_pb2
-from engine import Store, keys
+from engine import Store, batch, keys
 
 GROUP_A = b"g" * 200  # long keys starting with these 200 bytes share one index group
 GROUP_B = b"g" * 199 + b"\x00"  # a group whose escaped prefix holds a 0x00
@@ -125,11 +126,18 @@ def pick_range(rng: random.Random, live: Live, choice: int) -> tuple[bytes, byte
     return lo, hi
 
 
-@pytest.mark.parametrize("seed", range(2 * RANGE_KINDS))
-def test_delete_range_writes_what_the_per_key_layout_says(store: Store, seed: int) -> None:
+CHUNKS_KEYS = (1, 3, batch.DELETE_CHUNK_KEYS)  # chunks of 1 and 3 split long-key groups
+
+
+@pytest.mark.parametrize("seed", range(len(CHUNKS_KEYS) * RANGE_KINDS))
+def test_delete_range_writes_what_the_per_key_layout_says(
+    store: Store, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Over a seeded random store (seed in the test id), one DeleteRange with prev_kv under a
     live watcher: response, prev_kvs, every table byte for byte, reads at the old revision and
-    the events (live and replayed) match what the test computes itself."""
+    the events (live and replayed) match what the test computes itself. The seed also picks the
+    range's kind and the delete's chunk size (every pair of them is covered)."""
+    monkeypatch.setattr(batch, "DELETE_CHUNK_KEYS", CHUNKS_KEYS[seed % len(CHUNKS_KEYS)])
     rng = random.Random(seed)
     live = fill(store, rng, 160)
     start, end = pick_range(rng, live, seed % RANGE_KINDS)
@@ -149,7 +157,7 @@ def test_delete_range_writes_what_the_per_key_layout_says(store: Store, seed: in
     assert dump(store) == expected_after(before, doomed, live, main), msg
     got = store.range(pb.RangeRequest(key=b"\x00", range_end=b"\x00", revision=old_rev))
     assert [kv.key for kv in got.kvs] == sorted(live), msg
-    for w in (watcher, store.watch_hub.watch(b"\x00", b"\x00", main)):
+    for w in (watcher, store.watch_hub.watch(b"\x00", b"\x00", old_rev + 1)):
         events = w.take(10_000)
         assert isinstance(events, list), msg
         assert [(e.type, e.kv.key, e.kv.mod_revision) for e in events] == [
@@ -158,11 +166,15 @@ def test_delete_range_writes_what_the_per_key_layout_says(store: Store, seed: in
         w.cancel()
 
 
-def test_delete_then_put_again_in_one_txn(store: Store) -> None:
+@pytest.mark.parametrize("chunk_keys", [1, batch.DELETE_CHUNK_KEYS])
+def test_delete_then_put_again_in_one_txn(
+    store: Store, chunk_keys: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A txn deletes a range mixing short and long keys (leased) and then puts one of them back
     with another lease: the put starts a new generation at the txn's revision, the tombstones
     and the put take subs in op order, each lease holds exactly its keys, and the old revision
     still reads the old values."""
+    monkeypatch.setattr(batch, "DELETE_CHUNK_KEYS", chunk_keys)
     long_a, long_b, short = GROUP_A + b"\x02", GROUP_A + b"\x01", b"gg"
     with store.write_batch() as b:
         b.lease_grant(7, 60)
@@ -199,3 +211,18 @@ def test_delete_then_put_again_in_one_txn(store: Store) -> None:
     assert [(kv.key, kv.value) for kv in old.kvs] == [(short, b"s"), (long_b, b"b"), (long_a, b"a")]
     now = store.range(pb.RangeRequest(key=b"g", range_end=b"h"))
     assert [kv_tuple(kv) for kv in now.kvs] == [(long_a, b"new", 5, 5, 1, 8)]
+
+
+def test_chunks_lose_no_successor_key(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one key per chunk, the next chunk starts at the immediate successor of the last
+    deleted key (key + 0x00): keys that are each other's successors, short and long, all go."""
+    monkeypatch.setattr(batch, "DELETE_CHUNK_KEYS", 1)
+    names = [base + b"\x00" * n for base in (b"k", GROUP_A + b"k") for n in range(3)]
+    with store.write_batch() as b:
+        for name in names:
+            b.put(pb.PutRequest(key=name, value=b"v"))
+    with store.write_batch() as b:
+        resp = b.delete_range(pb.DeleteRangeRequest(key=b"\x00", range_end=b"\x00", prev_kv=True))
+    assert [kv.key for kv in resp.prev_kvs] == sorted(names)
+    assert resp.deleted == len(names)
+    assert store.range(pb.RangeRequest(key=b"\x00", range_end=b"\x00")).count == 0
