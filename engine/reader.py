@@ -132,9 +132,11 @@ def iter_live_raw(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int)
             if len(v) > _IDX_SIZE:
                 g = ik[:-_HASH_BYTES]
                 if g != group:
-                    if members:
+                    if len(members) == 1 and _within(members[0][0], start, end):
+                        yield members[0]  # most groups hold one key
+                    elif members:
                         yield from _group_in_order(members, start, end)
-                        members = []
+                    members = []
                     group = g
                 if v[_VERSION_AT:_LEASE_AT] != _ZERO8:  # version 0 is a tombstone
                     # Only the fixed fields of v are kept: a big delete holds every Raw, and
@@ -145,18 +147,19 @@ def iter_live_raw(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int)
                 yield from _group_in_order(members, start, end)
                 members = []
             if v[_VERSION_AT:_LEASE_AT] != _ZERO8:
-                yield keys.decode_short_ikey(ik), comp, v
+                yield ik[:-2].replace(b"\x00\xff", b"\x00"), comp, v  # keys.decode_short_ikey
     if members:
         yield from _group_in_order(members, start, end)
 
 
 def _group_in_order(members: list[Raw], start: bytes, end: bytes | None) -> list[Raw]:
     """A long-key group's live members within [start, end), in key order."""
-    if len(members) > 1:
-        members.sort()  # keys are distinct, so the tuples sort by key
-    elif members[0][0] >= start and (end is None or members[0][0] < end):
-        return members  # most groups have one key
-    return [m for m in members if m[0] >= start and (end is None or m[0] < end)]
+    members.sort()  # keys are distinct, so the tuples sort by key
+    return [m for m in members if _within(m[0], start, end)]
+
+
+def _within(key: bytes, start: bytes, end: bytes | None) -> bool:
+    return key >= start and (end is None or key < end)
 
 
 def get_value(txn: Any, dbs: Dbs, main: int, sub: int) -> bytes:
