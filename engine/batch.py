@@ -8,7 +8,7 @@ fails raises and leaves the batch as it was (LMDB nested transactions are not us
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from api.etcdserverpb import rpc_pb2
@@ -387,8 +387,9 @@ class WriteBatch:
             reader.fill_kvs(self.ltxn, self.dbs, resp.prev_kvs, doomed)
         sub0 = self._sub
         self._sub = sub0 + len(doomed)
-        self.log.putmulti(_tombstone_log_records(doomed, main, sub0), append=True)
-        self.idx.putmulti(_tombstone_idx_records(doomed, main, sub0))
+        log_records, idx_records = _tombstone_records(doomed, main, sub0)
+        self.log.putmulti(log_records, append=True)
+        self.idx.putmulti(idx_records)
         lkeys = self.dbs.lkeys
         delete = self.ltxn.delete
         for _, comp, v in doomed:
@@ -419,32 +420,25 @@ class WriteBatch:
             self.events.append((main, sub, True, key, 0, 0, 0, b""))
 
 
-def _tombstone_log_records(doomed: list[reader.Raw], main: int, sub0: int) -> Iterator[Rec]:
-    """Log records of the tombstones (main, sub0...) of the doomed keys, in log key order.
-    A generator: putmulti consumes each record at once, so a big delete never holds them all
-    (a list of them was hundreds of MB for 280k long keys, and allocating it cost more than
-    building it)."""
+def _tombstone_records(
+    doomed: list[reader.Raw], main: int, sub0: int
+) -> tuple[list[Rec], list[Rec]]:
+    """The log and index records of the tombstones (main, sub0...) of the doomed keys, each list
+    in key order (for the log, that is log key order).
+    Log: (main, sub, 't') -> create, version, lease 0, key length, key.
+    Index: ikey + inverted main -> (sub, 0, 0, 0) [+ the key if long]."""
     head = _U64_PACK(main) + b"_"
-    zero = _LOG_PACK(0, 0, 0, 0)[:-4]  # create, version and lease of a tombstone are 0
-    return (
-        (head + _U64_PACK(sub) + b"t", zero + len(r[0]).to_bytes(4, "big") + r[0])
-        for sub, r in enumerate(doomed, sub0)
-    )
-
-
-def _tombstone_idx_records(doomed: list[reader.Raw], main: int, sub0: int) -> Iterator[Rec]:
-    """Index records of the tombstones: ikey + inverted main -> (sub, 0, 0, 0) [+ long key]."""
     inv_main = keys.inv(main)
-    zero = _IDX_PACK(0, 0, 0, 0)[4:]
-    return (
-        (
-            r[1][:-8] + inv_main,
-            sub.to_bytes(4, "big") + zero
-            if len(r[0]) <= _SHORT
-            else sub.to_bytes(4, "big") + zero + r[0],
-        )
-        for sub, r in enumerate(doomed, sub0)
-    )
+    zero = bytes(24)  # create, version and lease of a tombstone (both layouts)
+    assert _LOG_PACK(0, 0, 0, 0) == zero + bytes(4) and _IDX_PACK(0, 0, 0, 0) == bytes(4) + zero
+    log_records = []
+    idx_records = []
+    for sub, (key, comp, _) in enumerate(doomed, sub0):
+        n = len(key)
+        log_records.append((head + _U64_PACK(sub) + b"t", zero + n.to_bytes(4, "big") + key))
+        iv = sub.to_bytes(4, "big") + zero
+        idx_records.append((comp[:-8] + inv_main, iv + key if n > _SHORT else iv))
+    return log_records, idx_records
 
 
 def _check_op_form(op: rpc_pb2.RequestOp, which: str | None) -> None:
