@@ -25,15 +25,32 @@ VALUE_BYTES = 1024
 PREFIX = b"/bench/"
 
 
-def make_keys(n: int, key_bytes: int, rng: random.Random) -> list[bytes]:
+def make_keys(n: int, key_bytes: int, rng: random.Random, etcd_like: bool = False) -> list[bytes]:
     """n distinct keys of key_bytes bytes: PREFIX then random bytes (short keys: a random tail
-    after one prefix byte)."""
+    after one prefix byte). etcd_like: PREFIX, then a random number as a varint padded with
+    zero bytes, as etcd's `benchmark put --key-size` makes its keys (mostly 0x00 bytes, which
+    the index escapes: its long-key ikeys are near LMDB's key limit)."""
     prefix = PREFIX if key_bytes > len(PREFIX) + 4 else PREFIX[:1]
     tail_bytes = key_bytes - len(prefix)
     out: set[bytes] = set()
     while len(out) < n:
-        out.add(prefix + rng.randbytes(tail_bytes))
+        if etcd_like:
+            tail = _varint(rng.randrange(1 << 40)).ljust(tail_bytes, b"\x00")[:tail_bytes]
+        else:
+            tail = rng.randbytes(tail_bytes)
+        out.add(prefix + tail)
     return sorted(out)
+
+
+def _varint(n: int) -> bytes:
+    """Go's binary.PutVarint (zig-zag, 7 bits a byte) of a non-negative n."""
+    u = n << 1
+    out = bytearray()
+    while u >= 0x80:
+        out.append(u & 0x7F | 0x80)
+        u >>= 7
+    out.append(u)
+    return bytes(out)
 
 
 def fill(store: Store, ks: list[bytes], value: bytes, watch: bool) -> None:
@@ -52,9 +69,11 @@ def time_delete(store: Store, prefix: bytes, prev_kv: bool) -> tuple[float, floa
     return time.perf_counter() - t0, time.process_time() - c0, resp.deleted
 
 
-def run_case(root: str, n: int, key_bytes: int, seed: int, watch: bool, prev_kv: bool) -> None:
+def run_case(
+    root: str, n: int, key_bytes: int, seed: int, watch: bool, prev_kv: bool, etcd_like: bool
+) -> None:
     rng = random.Random(seed)
-    ks = make_keys(n, key_bytes, rng)
+    ks = make_keys(n, key_bytes, rng, etcd_like)
     rng.shuffle(ks)  # the applier sees keys in arrival order, not sorted
     path = tempfile.mkdtemp(dir=root)
     store = Store.open(path)
@@ -68,6 +87,7 @@ def run_case(root: str, n: int, key_bytes: int, seed: int, watch: bool, prev_kv:
         assert deleted == n, (deleted, n)
         tag = f"{key_bytes:3d}-byte keys" + (", watched" if watch else "")
         tag += ", prev_kv" if prev_kv else ""
+        tag += ", etcd-like" if etcd_like else ""
         print(
             f"delete_range {n:,} {tag:28s}: {wall_s:6.2f} s wall {n / wall_s:10,.0f} keys/s, "
             f"{cpu_s:6.2f} s cpu {n / max(cpu_s, 1e-9):10,.0f} keys/s"
@@ -86,12 +106,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--watch", action="store_true", help="with a watcher (events kept)")
     ap.add_argument("--prev-kv", action="store_true", help="delete with prev_kv")
+    ap.add_argument("--etcd-keys", action="store_true", help="keys as etcd's benchmark makes them")
     args = ap.parse_args()
     print(f"seed {args.seed}")
     root = tempfile.mkdtemp(prefix="bench_delete_")
     try:
         for size in (int(s) for s in args.sizes.split(",")):
-            run_case(root, args.n, size, args.seed, args.watch, args.prev_kv)
+            run_case(root, args.n, size, args.seed, args.watch, args.prev_kv, args.etcd_keys)
     finally:
         shutil.rmtree(root)
 
