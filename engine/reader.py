@@ -6,7 +6,7 @@ reads inside a batch or a Txn.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, NamedTuple
 
 from api.etcdserverpb import rpc_pb2
@@ -89,7 +89,9 @@ def iter_live(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int) -> 
         yield _entry(key, comp, v)
 
 
-def iter_live_raw(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int) -> Iterator[Raw]:
+def iter_live_raw(
+    txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int
+) -> Generator[Raw, None, None]:
     """iter_live as raw index records (key, index key, index value): a big delete needs only
     the ikey and the lease of each key, so it skips building Entry objects.
 

@@ -226,3 +226,30 @@ def test_chunks_lose_no_successor_key(store: Store, monkeypatch: pytest.MonkeyPa
     assert [kv.key for kv in resp.prev_kvs] == sorted(names)
     assert resp.deleted == len(names)
     assert store.range(pb.RangeRequest(key=b"\x00", range_end=b"\x00")).count == 0
+
+
+def test_watch_ring_splits_a_batch_by_revision(store: Store) -> None:
+    """One batch of several revisions (a put, a big delete, a put) reaches the watch ring as
+    one entry per revision: a watcher starting at each revision gets exactly that revision's
+    events and the later ones, from the ring (no replay from LMDB)."""
+    names = [b"k%03d" % i for i in range(50)]
+    with store.write_batch() as b:
+        for name in names:
+            b.put(pb.PutRequest(key=name, value=b"v"))
+    first = store.revision + 1
+    live = store.watch_hub.watch(b"\x00", b"\x00", 0)
+    with store.write_batch() as b:
+        b.put(pb.PutRequest(key=b"a", value=b"1"))  # first
+        b.delete_range(pb.DeleteRangeRequest(key=b"k", range_end=b"l"))  # first + 1
+        b.put(pb.PutRequest(key=b"z", value=b"2"))  # first + 2
+    expected = [(kv_pb2.Event.PUT, b"a", first)]
+    expected += [(kv_pb2.Event.DELETE, name, first + 1) for name in names]
+    expected += [(kv_pb2.Event.PUT, b"z", first + 2)]
+    assert [rev for rev, _ in store.watch_hub._ring] == [first, first + 1, first + 2]
+    for skip, start in ((0, first), (1, first + 1), (51, first + 2)):
+        w = store.watch_hub.watch(b"\x00", b"\x00", start)
+        events = w.take(1000)
+        assert isinstance(events, list)
+        assert [(e.type, e.kv.key, e.kv.mod_revision) for e in events] == expected[skip:]
+        w.cancel()
+    live.cancel()
