@@ -165,8 +165,12 @@ class WriteBatch:
             raise errors.LeaseNotFoundError()
         self._sub = 0
         main = self.rev + 1
-        for key in reader.lease_keys(self.ltxn, self.dbs, lease_id):
-            self._delete_key(key, main)
+        doomed = reader.lease_keys(self.ltxn, self.dbs, lease_id)  # in key order
+        count = rpc_pb2.DeleteRangeResponse()  # _tombstones reports into a response
+        for i in range(0, len(doomed), DELETE_CHUNK_KEYS):
+            chunk = [self._live_raw(key) for key in doomed[i : i + DELETE_CHUNK_KEYS]]
+            self._tombstones(chunk, main, False, count)
+        assert count.deleted == len(doomed)
         self.ltxn.delete(k, db=self.dbs.lease)
         if self._sub:
             self.rev = main
@@ -401,23 +405,10 @@ class WriteBatch:
             )
         resp.deleted += len(doomed)
 
-    def _delete_key(self, key: bytes, main: int, lease: int | None = None) -> None:
-        ik = keys.ikey(key)
-        if lease is None:
-            e = reader.get_one(self.ltxn, self.dbs, key, _LATEST)
-            assert e is not None, "a lease's attached key must be alive"
-            lease = e.lease
-        sub = self._sub
-        self._sub = sub + 1
-        self.log.put(
-            _REV_PACK(main, b"_", sub) + b"t", _LOG_PACK(0, 0, 0, len(key)) + key, append=True
-        )
-        iv = _IDX_PACK(sub, 0, 0, 0)
-        self.idx.put(ik + keys.inv(main), iv if len(key) <= _SHORT else iv + key)
-        if lease:
-            self._move_lease(ik, key, lease, 0)
-        if self.events is not None:
-            self.events.append((main, sub, True, key, 0, 0, 0, b""))
+    def _live_raw(self, key: bytes) -> reader.Raw:
+        r = reader.get_one_raw(self.ltxn, self.dbs, key, _LATEST)
+        assert r is not None, "a lease's attached key must be alive"
+        return r
 
 
 def _tombstone_records(
