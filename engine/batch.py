@@ -7,6 +7,7 @@ fails raises and leaves the batch as it was (LMDB nested transactions are not us
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,12 @@ _U64_PACK = keys._U64.pack
 _MAIN_MAX = keys.MAIN_MAX
 _SHORT = keys.SHORT_KEY_BYTES_MAX
 _LATEST = reader.LATEST
+
+# Live keys a DeleteRange scans before it writes their tombstones (see _delete).
+DELETE_CHUNK_KEYS = 1024
+_LEASE_AT = reader._LEASE_AT
+_ZERO8 = reader._ZERO8
+Rec = tuple[bytes, bytes]  # an LMDB (key, value) record
 
 # A raw event: (main, sub, is_delete, key, create, version, lease, value).
 RawEvent = tuple[int, int, bool, bytes, int, int, int, bytes]
@@ -158,8 +165,12 @@ class WriteBatch:
             raise errors.LeaseNotFoundError()
         self._sub = 0
         main = self.rev + 1
-        for key in reader.lease_keys(self.ltxn, self.dbs, lease_id):
-            self._delete_key(key, main)
+        doomed = reader.lease_keys(self.ltxn, self.dbs, lease_id)  # in key order
+        count = rpc_pb2.DeleteRangeResponse()  # _tombstones reports into a response
+        for i in range(0, len(doomed), DELETE_CHUNK_KEYS):
+            chunk = [self._live_raw(key) for key in doomed[i : i + DELETE_CHUNK_KEYS]]
+            self._tombstones(chunk, main, False, count)
+        assert count.deleted == len(doomed)
         self.ltxn.delete(k, db=self.dbs.lease)
         if self._sub:
             self.rev = main
@@ -346,32 +357,79 @@ class WriteBatch:
             self.ltxn.put(_U64_PACK(new & _MAIN_MAX) + ik, key, db=self.dbs.lkeys)
 
     def _delete(self, req: rpc_pb2.DeleteRangeRequest, main: int) -> rpc_pb2.DeleteRangeResponse:
+        """Tombstones every live key of the range at (main, self._sub...), in key order.
+
+        A big prefix delete is one of the slowest requests. It goes in chunks: scan up to
+        DELETE_CHUNK_KEYS live keys (raw index records), write their tombstones with putmulti
+        (log keys ascend: they append), then scan on from the key after the chunk's last (the
+        chunk's keys are dead by then). Fresh memory costs more than the work here, and a chunk's
+        records reuse the memory of the one before."""
         resp = rpc_pb2.DeleteRangeResponse()
-        doomed = list(reader.range_entries(self.ltxn, self.dbs, req.key, req.range_end, _LATEST))
-        for e in doomed:
-            if req.prev_kv:
-                resp.prev_kvs.append(reader.to_kv(self.ltxn, self.dbs, e))
-            self._delete_key(e.key, main, e.lease)
-        resp.deleted = len(doomed)
+        kr = reader.key_range(req.key, req.range_end)
+        if kr is None:
+            one = reader.get_one_raw(self.ltxn, self.dbs, req.key, _LATEST)
+            if one is not None:
+                self._tombstones([one], main, req.prev_kv, resp)
+            return resp
+        start, end = kr
+        while end is None or start < end:
+            scan = reader.iter_live_raw(self.ltxn, self.dbs, start, end, _LATEST)
+            chunk = list(itertools.islice(scan, DELETE_CHUNK_KEYS))
+            scan.close()  # its cursor must not outlive the writes below
+            if chunk:
+                self._tombstones(chunk, main, req.prev_kv, resp)
+            if len(chunk) < DELETE_CHUNK_KEYS:
+                break
+            start = chunk[-1][0] + b"\x00"  # the smallest key after the chunk's last
         return resp
 
-    def _delete_key(self, key: bytes, main: int, lease: int | None = None) -> None:
-        ik = keys.ikey(key)
-        if lease is None:
-            e = reader.get_one(self.ltxn, self.dbs, key, _LATEST)
-            assert e is not None, "a lease's attached key must be alive"
-            lease = e.lease
-        sub = self._sub
-        self._sub = sub + 1
-        self.log.put(
-            _REV_PACK(main, b"_", sub) + b"t", _LOG_PACK(0, 0, 0, len(key)) + key, append=True
-        )
-        iv = _IDX_PACK(sub, 0, 0, 0)
-        self.idx.put(ik + keys.inv(main), iv if len(key) <= _SHORT else iv + key)
-        if lease:
-            self._move_lease(ik, key, lease, 0)
+    def _tombstones(
+        self, doomed: list[reader.Raw], main: int, prev_kv: bool, resp: rpc_pb2.DeleteRangeResponse
+    ) -> None:
+        """Deletes the live keys `doomed` (in key order) at (main, self._sub...)."""
+        if prev_kv:
+            reader.fill_kvs(self.ltxn, self.dbs, resp.prev_kvs, doomed)
+        sub0 = self._sub
+        self._sub = sub0 + len(doomed)
+        log_records, idx_records = _tombstone_records(doomed, main, sub0)
+        self.log.putmulti(log_records, append=True)
+        self.idx.putmulti(idx_records)
+        lkeys = self.dbs.lkeys
+        delete = self.ltxn.delete
+        for _, comp, v in doomed:
+            if v[_LEASE_AT:_IDX_SIZE] != _ZERO8:  # the raw lease is the lkeys key's prefix
+                delete(v[_LEASE_AT:_IDX_SIZE] + comp[:-8], db=lkeys)
         if self.events is not None:
-            self.events.append((main, sub, True, key, 0, 0, 0, b""))
+            self.events.extend(
+                (main, sub, True, r[0], 0, 0, 0, b"") for sub, r in enumerate(doomed, sub0)
+            )
+        resp.deleted += len(doomed)
+
+    def _live_raw(self, key: bytes) -> reader.Raw:
+        r = reader.get_one_raw(self.ltxn, self.dbs, key, _LATEST)
+        assert r is not None, "a lease's attached key must be alive"
+        return r
+
+
+def _tombstone_records(
+    doomed: list[reader.Raw], main: int, sub0: int
+) -> tuple[list[Rec], list[Rec]]:
+    """The log and index records of the tombstones (main, sub0...) of the doomed keys, each list
+    in key order (for the log, that is log key order).
+    Log: (main, sub, 't') -> create, version, lease 0, key length, key.
+    Index: ikey + inverted main -> (sub, 0, 0, 0) [+ the key if long]."""
+    head = _U64_PACK(main) + b"_"
+    inv_main = keys.inv(main)
+    zero = bytes(24)  # create, version and lease of a tombstone (both layouts)
+    assert _LOG_PACK(0, 0, 0, 0) == zero + bytes(4) and _IDX_PACK(0, 0, 0, 0) == bytes(4) + zero
+    log_records = []
+    idx_records = []
+    for sub, (key, comp, _) in enumerate(doomed, sub0):
+        n = len(key)
+        log_records.append((head + _U64_PACK(sub) + b"t", zero + n.to_bytes(4, "big") + key))
+        iv = sub.to_bytes(4, "big") + zero
+        idx_records.append((comp[:-8] + inv_main, iv + key if n > _SHORT else iv))
+    return log_records, idx_records
 
 
 def _check_op_form(op: rpc_pb2.RequestOp, which: str | None) -> None:

@@ -20,6 +20,7 @@ import hashlib
 import struct
 
 SHORT_KEY_BYTES_MAX = 200
+HASH_BYTES = 16  # the BLAKE2b digest that ends a long key's ikey
 MAIN_MAX = (1 << 64) - 1
 _U64 = struct.Struct(">Q")
 _REV = struct.Struct(">Q1sQ")
@@ -35,7 +36,7 @@ INV_END = b"\xff" * 8  # after every entry of an ikey
 def ikey(key: bytes) -> bytes:
     if len(key) <= SHORT_KEY_BYTES_MAX:
         return key.replace(b"\x00", b"\x00\xff") + b"\x00\x00"
-    return group_prefix(key) + hashlib.blake2b(key, digest_size=16).digest()
+    return group_prefix(key) + hashlib.blake2b(key, digest_size=HASH_BYTES).digest()
 
 
 def group_prefix(key: bytes) -> bytes:

@@ -6,7 +6,7 @@ reads inside a batch or a Txn.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, NamedTuple
 
 from api.etcdserverpb import rpc_pb2
@@ -20,6 +20,14 @@ _LOG_UNPACK = keys.LOG_VALUE.unpack_from
 _LOG_SIZE = keys.LOG_VALUE.size
 _MAIN_MAX = keys.MAIN_MAX
 _U64_UNPACK = keys._U64.unpack
+_HASH_BYTES = keys.HASH_BYTES
+# Byte offsets of the version and lease fields in an index value (IDX_VALUE: >Iqqq).
+_VERSION_AT = 12
+_LEASE_AT = 20
+_ZERO8 = b"\x00" * 8
+# A scan steps over at most this many records of one key's history before it seeks past them.
+_SKIP_RECORDS_MAX = 8
+assert _LEASE_AT + 8 == _IDX_SIZE, "the index value layout changed: fix the offsets"
 LATEST = keys.MAIN_MAX - 1  # "read at the newest revision", including a write txn's own writes
 
 
@@ -32,6 +40,11 @@ class Entry(NamedTuple):
     create: int
     version: int
     lease: int
+
+
+# A live key's raw index record: (user key, index key = ikey + inverted main, index value);
+# the index value of a long key may be cut to its fixed fields (IDX_VALUE, without the key).
+Raw = tuple[bytes, bytes, bytes]
 
 
 class Dbs(NamedTuple):
@@ -53,6 +66,12 @@ def _key_of(ik: bytes, v: bytes) -> bytes:
 
 def get_one(txn: Any, dbs: Dbs, key: bytes, rev: int) -> Entry | None:
     """The newest entry of `key` at or below `rev`, or None if absent (or deleted) then."""
+    r = get_one_raw(txn, dbs, key, rev)
+    return None if r is None else _entry(*r)
+
+
+def get_one_raw(txn: Any, dbs: Dbs, key: bytes, rev: int) -> Raw | None:
+    """get_one as a raw index record."""
     ik = keys.ikey(key)
     cur = txn.cursor(db=dbs.idx)
     if not cur.set_range(ik + keys.inv(rev)):
@@ -61,66 +80,88 @@ def get_one(txn: Any, dbs: Dbs, key: bytes, rev: int) -> Entry | None:
     if comp[:-8] != ik:
         return None
     v = cur.value()
-    e = _entry(key, comp, v)
-    return e if e.version else None
+    return (key, comp, v) if v[_VERSION_AT:_LEASE_AT] != _ZERO8 else None
 
 
 def iter_live(txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int) -> Iterator[Entry]:
     """Every key in [start, end) alive at `rev`, in key order. end None: unbounded."""
+    for key, comp, v in iter_live_raw(txn, dbs, start, end, rev):
+        yield _entry(key, comp, v)
+
+
+def iter_live_raw(
+    txn: Any, dbs: Dbs, start: bytes, end: bytes | None, rev: int
+) -> Generator[Raw, None, None]:
+    """iter_live as raw index records (key, index key, index value): a big delete needs only
+    the ikey and the lease of each key, so it skips building Entry objects.
+
+    One pass over the index in ikey order with the cursor's own iterator (a Python-level
+    next() per record costs more than the record). A key's newest entry <= rev is the first of
+    its records not above rev; the records around it are stepped over, and a run of more than
+    _SKIP_RECORDS_MAX of them (a long history) is left with a seek instead. Long keys of one
+    group are contiguous but in hash order: they are held until the group ends, then emitted
+    in key order."""
     cur = txn.cursor(db=dbs.idx)
     stop = keys.upper_bound(end) if end is not None else None
     inv_rev = keys.inv(rev)
-    ok = cur.set_range(keys.lower_bound(start))
-    while ok:
-        comp = cur.key()
-        ik = comp[:-8]
-        if stop is not None and ik >= stop:
-            return
-        v = cur.value()
-        if len(v) > _IDX_SIZE:  # a long-key group: gather it, then emit in key order
-            group = keys.group_prefix(v[_IDX_SIZE:])
-            members = _gather_group(cur, group, inv_rev)
-            for e in sorted(members):
-                if e.key >= start and (end is None or e.key < end):
-                    yield e
-            ok = cur.set_range(group[:-1] + b"\x02")
-            continue
-        if comp[-8:] < inv_rev:  # newest entry is above rev: find the newest <= rev
-            if not cur.set_range(ik + inv_rev):
-                return
-            comp = cur.key()
-            if comp[:-8] != ik:
-                continue  # no entry <= rev: the cursor is on the next key already
-            v = cur.value()
-        e = _entry(keys.decode_short_ikey(ik), comp, v)
-        if e.version:
-            yield e
-        ok = cur.next()
-        if ok and cur.key()[:-8] == ik:
-            ok = cur.set_range(ik + keys.INV_END)
-
-
-def _gather_group(cur: Any, group: bytes, inv_rev: bytes) -> list[Entry]:
-    members: list[Entry] = []
-    glen = len(group)
-    ok = True
-    while ok:
-        comp = cur.key()
-        if comp[:glen] != group:
-            break
-        ik = comp[:-8]
-        if comp[-8:] < inv_rev:
-            if not cur.set_range(ik + inv_rev):
-                break
-            comp = cur.key()
-            if comp[:-8] != ik:
+    group = b""  # the group prefix of `members`
+    members: list[Raw] = []  # live keys of the current long-key group
+    done_ik = b""  # the last key whose entry at rev was handled: its older records are skipped
+    seen_ik = b""  # the last key seen with a record above rev
+    skipped = 0  # records stepped over in a row
+    seek: bytes | None = keys.lower_bound(start)
+    while seek is not None and cur.set_range(seek):
+        seek = None
+        for comp, v in cur.iternext():
+            ik = comp[:-8]
+            if ik == done_ik:  # older history of a key already handled
+                skipped += 1
+                if skipped > _SKIP_RECORDS_MAX:
+                    seek = ik + keys.INV_END
+                    break
                 continue
-        v = cur.value()
-        e = _entry(v[_IDX_SIZE:], comp, v)
-        if e.version:
-            members.append(e)
-        ok = cur.set_range(ik + keys.INV_END)
-    return members
+            if stop is not None and ik >= stop:
+                break
+            if comp[-8:] < inv_rev:  # above rev: the key's entry at rev is further on
+                skipped = skipped + 1 if ik == seen_ik else 1
+                seen_ik = ik
+                if skipped > _SKIP_RECORDS_MAX:
+                    seek = ik + inv_rev
+                    break
+                continue
+            done_ik = ik
+            skipped = 0
+            if len(v) > _IDX_SIZE:
+                g = ik[:-_HASH_BYTES]
+                if g != group:
+                    if len(members) == 1 and _within(members[0][0], start, end):
+                        yield members[0]  # most groups hold one key
+                    elif members:
+                        yield from _group_in_order(members, start, end)
+                    members = []
+                    group = g
+                if v[_VERSION_AT:_LEASE_AT] != _ZERO8:  # version 0 is a tombstone
+                    # Only the fixed fields of v are kept: a big delete holds every Raw, and
+                    # fresh memory (page faults) is most of what a scan of long keys costs.
+                    members.append((v[_IDX_SIZE:], comp, v[:_IDX_SIZE]))
+                continue
+            if members:
+                yield from _group_in_order(members, start, end)
+                members = []
+            if v[_VERSION_AT:_LEASE_AT] != _ZERO8:
+                yield ik[:-2].replace(b"\x00\xff", b"\x00"), comp, v  # keys.decode_short_ikey
+    if members:
+        yield from _group_in_order(members, start, end)
+
+
+def _group_in_order(members: list[Raw], start: bytes, end: bytes | None) -> list[Raw]:
+    """A long-key group's live members within [start, end), in key order."""
+    members.sort()  # keys are distinct, so the tuples sort by key
+    return [m for m in members if _within(m[0], start, end)]
+
+
+def _within(key: bytes, start: bytes, end: bytes | None) -> bool:
+    return key >= start and (end is None or key < end)
 
 
 def get_value(txn: Any, dbs: Dbs, main: int, sub: int) -> bytes:
@@ -163,16 +204,22 @@ def check_revision(rev: int, current: int, compacted: int) -> int:
 
 
 def range_entries(txn: Any, dbs: Dbs, key: bytes, range_end: bytes, rev: int) -> Iterator[Entry]:
+    for r in range_raw(txn, dbs, key, range_end, rev):
+        yield _entry(*r)
+
+
+def range_raw(txn: Any, dbs: Dbs, key: bytes, range_end: bytes, rev: int) -> Iterator[Raw]:
+    """range_entries as raw index records."""
     kr = key_range(key, range_end)
     if kr is None:
-        e = get_one(txn, dbs, key, rev)
-        if e is not None:
-            yield e
+        r = get_one_raw(txn, dbs, key, rev)
+        if r is not None:
+            yield r
         return
     start, end = kr
     if end is not None and end <= start:
         return
-    yield from iter_live(txn, dbs, start, end, rev)
+    yield from iter_live_raw(txn, dbs, start, end, rev)
 
 
 _SORT_KEYS = {
@@ -260,6 +307,27 @@ def _fill(
         if with_value:
             rec = get(rev_pack(e.main, b"_", e.sub), db=log)
             kv.value = rec[_LOG_SIZE + len(e.key) :]
+
+
+def fill_kvs(txn: Any, dbs: Dbs, kvs: Any, raws: list[Raw]) -> None:
+    """Append the raw records to a repeated KeyValue field (a delete's prev_kvs), values too."""
+    add = kvs.add
+    get = txn.get
+    log = dbs.log
+    rev_pack = keys._REV.pack
+    for key, comp, v in raws:
+        sub, create, version, lease = _IDX_UNPACK(v)
+        main = _MAIN_MAX - _U64_UNPACK(comp[-8:])[0]
+        rec = get(rev_pack(main, b"_", sub), db=log)
+        assert rec is not None, f"index points at a missing log record {(main, sub)}"
+        kv = add()
+        kv.key = key
+        kv.create_revision = create
+        kv.mod_revision = main
+        kv.version = version
+        kv.value = rec[_LOG_SIZE + len(key) :]
+        if lease:
+            kv.lease = lease
 
 
 def _passes(req: rpc_pb2.RangeRequest, e: Entry) -> bool:

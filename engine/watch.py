@@ -14,6 +14,7 @@ watcher set are guarded by one lock, never held while calling back or reading LM
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -246,22 +247,21 @@ class WatchHub:
                 if w.notify is not None and w.next_revision <= revision:
                     w.notify()
             return
-        if not events or not watchers:
+        # The set of changed keys is built only if someone is to be told.
+        targets = [(w, w.notify) for w in watchers if w.notify is not None]
+        if not events or not targets:
             return
         changed = {e[3] for e in events}
-        for w in watchers:
-            if w.notify is None:
-                continue
+        for w, notify in targets:
             if w.key in changed if not w.range_end else any(w.matches(k) for k in changed):
-                w.notify()
+                notify()
 
     def _append(self, events: list[RawEvent]) -> None:
         i = 0
         while i < len(events):
             main = events[i][0]
-            j = i
-            while j < len(events) and events[j][0] == main:
-                j += 1
+            # Events come in revision order; one revision may hold a big delete's 100k+ events.
+            j = bisect.bisect_right(events, main, lo=i, key=_main_of)
             if not self._ring:
                 self._ring_first = main
             evs = events[i:j]
@@ -292,6 +292,10 @@ class WatchHub:
                 w.next_revision = main + 1
                 i += 1
             return out
+
+
+def _main_of(e: RawEvent) -> int:
+    return e[0]
 
 
 def _bytes(evs: list[RawEvent]) -> int:
