@@ -468,8 +468,9 @@ def test_election_observe_stream(pair: tuple[Node, Node]) -> None:
 
 
 def test_compaction_last(pair: tuple[Node, Node]) -> None:
-    """Compaction, then a Range below it (400, code 11, compacted) and compacting the same
-    revision again. Last in the module: it removes the history the other tests read."""
+    """Compaction, then a Range below it (400, code 11, compacted), compacting the same
+    revision again, and a gateway watch from below it (cancelled with the compact revision).
+    Last in the module: it removes the history the other tests read."""
     status, body = both(pair, "/v3/kv/put", {"key": b64("compact/k"), "value": b64("v")})
     revision = int(body["header"]["revision"])
     both(pair, "/v3/kv/compaction", {"revision": str(revision - 1), "physical": True})
@@ -478,6 +479,11 @@ def test_compaction_last(pair: tuple[Node, Node]) -> None:
     assert body["message"] == "etcdserver: mvcc: required revision has been compacted"
     both(pair, "/v3/kv/compaction", {"revision": str(revision - 1)})
     both(pair, "/v3/kv/range", {"key": b64("compact/k"), "revision": str(revision)})
+    # A watch from below the compaction: created, then cancelled with the compact revision.
+    watch = {"create_request": {"key": b64("compact/k"), "start_revision": "2"}}
+    messages = both_streams(pair, "/v3/watch", json.dumps(watch).encode(), 2)
+    assert messages[1]["result"]["canceled"] is True
+    assert messages[1]["result"]["compact_revision"] == str(revision - 1)
 
 
 # --- petra only ------------------------------------------------------------------------------
