@@ -1563,9 +1563,44 @@ def test_http1_body_reaches_the_callback_whole(loop: LoopThread) -> None:
         running.stop(0)
 
 
+def test_http1_chunked_bodies(loop: LoopThread) -> None:
+    """A chunked body (sizes in either case, a chunk extension, trailer fields), sent at once
+    and trickled a byte at a time, reaches the callback whole; the head is passed as sent."""
+    seen: list[bytes] = []
+
+    async def http1(head: bytes, body: bytes) -> bytes:
+        seen.append(body)
+        return b"HTTP/1.1 204 No Content\r\n\r\n"
+
+    running = start_server("petra", loop, http1=http1)
+    rng = random.Random(1567)
+    want = bytes(rng.randrange(256) for _ in range(3000))
+    chunks = [want[:1], want[1:300], want[300:]]
+    body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(c), c) for c in chunks[:2])
+    body += b"%X\r\n%s\r\n0\r\nX-Trailer: yes\r\n\r\n" % (len(chunks[2]), chunks[2])
+    head = b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    try:
+        for trickle in (False, True):
+            conn = RawConn(running.port)
+            try:
+                conn.send(head)
+                if trickle:
+                    send_trickle(conn, body)
+                else:
+                    conn.send(body)
+                assert conn.read_all() == b"HTTP/1.1 204 No Content\r\n\r\n"
+            finally:
+                conn.close()
+            assert seen[-1] == want
+        assert_serving(running.port)
+    finally:
+        running.stop(0)
+
+
 def test_http1_bodies_refused(loop: LoopThread) -> None:
-    """A chunked body gets 411, a Content-Length over twice max_receive_message_length 413 (at
-    once, unread), a malformed Content-Length 400; the callback is never called."""
+    """A Content-Length over twice max_receive_message_length gets 413 (at once, unread), as
+    does a chunked body that grows past it; a malformed Content-Length or chunk framing 400; a
+    transfer coding other than chunked 501; the callback is never called."""
     calls: list[bytes] = []
 
     async def http1(head: bytes, body: bytes) -> bytes:
@@ -1573,10 +1608,15 @@ def test_http1_bodies_refused(loop: LoopThread) -> None:
         return b"HTTP/1.1 200 OK\r\n\r\n"
 
     running = start_server("petra", loop, max_receive_bytes=1000, http1=http1)
+    chunked = b"Transfer-Encoding: chunked\r\n\r\n"
     cases = (
-        (b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", b"411 "),
         (b"Content-Length: 2001\r\n\r\n", b"413 "),
+        (chunked + b"7d0\r\n" + b"x" * 2000 + b"\r\n1\r\n", b"413 "),
         (b"Content-Length: -1\r\n\r\n", b"400 "),
+        (chunked + b"0x5\r\nhello\r\n0\r\n\r\n", b"400 "),
+        (chunked + b"5\r\nhelloXX0\r\n\r\n", b"400 "),
+        (chunked + b"5" * 2000, b"400 "),
+        (b"Transfer-Encoding: gzip\r\n\r\n", b"501 "),
     )
     try:
         for rest, status in cases:

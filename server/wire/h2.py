@@ -13,9 +13,9 @@ as handlers consume it, because the gRPC layer bounds what it buffers itself (a 
 the size limit fails its stream at once). That keeps a 1.5 MiB Put to one round trip.
 
 A connection whose first bytes are not the HTTP/2 client preface is HTTP/1.x: its request head
-and body (Content-Length bytes, at most twice the dispatcher's max_receive_message_length, as
-JSON spells bytes in base64; a chunked body is refused with 411, a longer one with 413) go to
-the `http1` callback, and the answer is written before closing: one request per connection, no
+and body (Content-Length bytes or a chunked body, read whole, at most twice the dispatcher's
+max_receive_message_length, as JSON spells bytes in base64; a longer one is refused with 413)
+go to the `http1` callback, and the answer is written before closing: one request per connection, no
 keep-alive (etcd serves /health, /version, /metrics and its JSON gateway on the client port the
 same way, through cmux). The answer is either the whole response or an async iterator of its
 pieces (a chunked stream, such as the gateway's watch): each piece is written when it comes,
@@ -79,15 +79,19 @@ def _http1_refusal(status: int, reason: str) -> bytes:
     return f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode()
 
 
+CHUNKED = -1  # _http1_body_length's length of a chunked body
+
+
 def _http1_body_length(head: bytes, limit_bytes: int) -> tuple[bytes, int]:
-    """(refusal, 0) for a body we will not read, else (b"", its Content-Length)."""
+    """(refusal, 0) for a body we will not read, else (b"", its Content-Length or CHUNKED)."""
     length = 0
     for line in head.split(b"\r\n")[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"transfer-encoding":
-            # Chunked bodies would need their own parser; curl and urllib send a length.
-            return _http1_refusal(411, "Length Required"), 0
+            if value.strip().lower() != b"chunked":  # no compressed codings
+                return _http1_refusal(501, "Not Implemented"), 0
+            return b"", CHUNKED  # its length is known only at its end (RFC 9112: it wins)
         if name == b"content-length":
             text = value.strip()
             if not text.isdigit():
@@ -96,6 +100,55 @@ def _http1_body_length(head: bytes, limit_bytes: int) -> tuple[bytes, int]:
     if length > limit_bytes:
         return _http1_refusal(413, "Request Entity Too Large"), 0
     return b"", length
+
+
+class ChunkedBody:
+    """An HTTP/1.1 chunked body (RFC 9112 section 7.1) decoded as its bytes arrive: `feed`
+    consumes what it can from the buffer and returns the whole body once the last chunk and
+    the trailer section are in (None until then). ValueError for broken framing,
+    OverflowError for a body over the limit."""
+
+    SIZE_LINE_MAX = 1024
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.body = bytearray()
+        self._left = 0  # bytes of the current chunk still to come (0: a size line is next)
+        self._trailers = False  # the last chunk was read: trailer lines up to an empty one
+
+    def feed(self, buf: bytearray) -> bytes | None:
+        while True:
+            if self._left:
+                need = self._left + 2
+                if len(buf) < need:
+                    return None
+                if buf[self._left : need] != b"\r\n":
+                    raise ValueError("chunk not followed by CRLF")
+                self.body += buf[: self._left]
+                del buf[:need]
+                self._left = 0
+                continue
+            end = buf.find(b"\r\n")
+            if end < 0:
+                if len(buf) > self.SIZE_LINE_MAX:
+                    raise ValueError("chunk size or trailer line too long")
+                return None
+            line = bytes(buf[:end])
+            del buf[: end + 2]
+            if self._trailers:
+                if not line:
+                    return bytes(self.body)
+                continue  # trailer fields are ignored
+            size_text = line.split(b";", 1)[0].strip()  # chunk extensions are ignored
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise ValueError(f"bad chunk size {size_text[:20]!r}")
+            size = int(size_text, 16)
+            if size == 0:
+                self._trailers = True
+            elif len(self.body) + size > self.limit_bytes:
+                raise OverflowError("body over the limit")
+            else:
+                self._left = size
 
 
 class ConnectionError_(Exception):  # noqa: N801 - not the builtin ConnectionError
@@ -172,6 +225,7 @@ class Connection(asyncio.Protocol):
         # 4: HTTP/1 body (until _http1_body_bytes are in _buf)
         self._http1_request = b""
         self._http1_body_bytes = 0
+        self._http1_chunked: ChunkedBody | None = None
         self._decoder = Decoder()
         self._headers_stream = 0  # a header block in progress (waiting for CONTINUATION)
         self._headers_flags = 0
@@ -302,19 +356,31 @@ class Connection(asyncio.Protocol):
         limit_bytes = HTTP1_BODY_FACTOR * self.dispatcher.max_receive_message_length
         refusal, length = _http1_body_length(head, limit_bytes)
         if refusal:
-            self._mode = 3
-            self._buf.clear()
-            self.transport.write(refusal)
-            self.transport.close()
+            self._http1_refuse(refusal)
             return
         self._http1_request, self._http1_body_bytes = head, length
+        if length == CHUNKED:
+            self._http1_chunked = ChunkedBody(limit_bytes)
         self._mode = 4
         self._http1_body()
 
     def _http1_body(self) -> None:
-        if len(self._buf) < self._http1_body_bytes:
+        if self._http1_chunked is not None:
+            try:
+                chunked_body = self._http1_chunked.feed(self._buf)
+            except OverflowError:
+                self._http1_refuse(_http1_refusal(413, "Request Entity Too Large"))
+                return
+            except ValueError:
+                self._http1_refuse(_http1_refusal(400, "Bad Request"))
+                return
+            if chunked_body is None:
+                return
+            body = chunked_body
+        elif len(self._buf) < self._http1_body_bytes:
             return
-        body = bytes(self._buf[: self._http1_body_bytes])
+        else:
+            body = bytes(self._buf[: self._http1_body_bytes])
         self._buf.clear()  # no keep-alive: anything after the body is ignored
         self._mode = 3
         http1 = self.dispatcher.http1
@@ -323,6 +389,12 @@ class Connection(asyncio.Protocol):
         self._http1_task = asyncio.ensure_future(
             self._answer_http1(http1, self._http1_request, body)
         )
+
+    def _http1_refuse(self, refusal: bytes) -> None:
+        self._mode = 3
+        self._buf.clear()
+        self.transport.write(refusal)
+        self.transport.close()
 
     async def _answer_http1(self, http1: Http1Handler, head: bytes, body: bytes) -> None:
         try:
