@@ -174,8 +174,32 @@ def test_random_bytes_on_client_port(shared_node: Node) -> None:
     assert_serving(shared_node)
 
 
+def vanishing_gateway_watches(n: Node, count: int) -> None:
+    """JSON-gateway watches (chunked HTTP/1.1 on the client port) whose clients close the
+    connection once the watch is created."""
+    body = b'{"create_request": {"key": "dg=="}}'
+    request = b"POST /v3/watch HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    socks = [
+        socket.create_connection(("127.0.0.1", n.client_port), timeout=10) for _ in range(count)
+    ]
+    try:
+        for sock in socks:
+            sock.sendall(request + body)
+        for sock in socks:
+            seen = b""
+            while b'"created":true' not in seen:
+                data = sock.recv(4096)
+                assert data, f"closed before the watch was created: {seen[:200]!r}"
+                seen += data
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def vanishing_clients(n: Node) -> None:
-    """Watch and keep-alive streams whose clients disappear mid-stream."""
+    """Watch and keep-alive streams whose clients disappear mid-stream, over gRPC and over the
+    JSON gateway."""
+    vanishing_gateway_watches(n, 20)
     for _ in range(3):
         s = stubs(n)
         w = s.watch.Watch(
@@ -253,6 +277,7 @@ def test_rss_stays_flat_under_repeated_abuse(node: Node) -> None:
         bad_requests(node)
         garbage_connections(node, seed=round_)
         asyncio.run(many_watchers(node, 30, channels=3))
+        vanishing_gateway_watches(node, 30)
         assert_serving(node)
         samples.append(rss_bytes(pid))
     growth = samples[-1] - samples[0]
