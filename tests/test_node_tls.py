@@ -181,3 +181,18 @@ def test_unreadable_tls_files_stop_petra_with_one_line(
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and what in lines[0] and "--cert-file" in lines[0], lines
         assert not (tmp_path / "data").exists()
+
+
+def test_a_trusted_ca_alone_requires_client_certificates(certs: TLSFiles) -> None:
+    """As in etcd 3.4 (checked by hand against it: etcdctl without --cert is refused), naming
+    --trusted-ca-file without --client-cert-auth still requires a client certificate."""
+    from server import tls
+    from server.config import Config
+
+    base = {"cert_file": str(certs.cert), "key_file": str(certs.key)}
+    assert tls.server_context(Config(**base)).verify_mode == ssl.CERT_NONE
+    trusted = Config(**base, trusted_ca_file=str(certs.ca))
+    assert tls.server_context(trusted).verify_mode == ssl.CERT_REQUIRED
+    assert (
+        tls.server_context(Config(**base, client_cert_auth=True)).verify_mode == ssl.CERT_REQUIRED
+    )
