@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy raft wal engine snapshot server/wire
+	$(BIN)/mypy raft wal engine snapshot server/wire server/tls.py
 
 proto: $(STAMP)
 	$(BIN)/python -m api.generate
