@@ -13,10 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev,fast]'
 	touch $(STAMP)
 
-# etcd-server and etcd-client (3.4.23) give the real etcd and etcdctl the tests compare with.
+# etcd-server and etcd-client (3.4.23) give the real etcd and etcdctl the tests compare with;
+# openssl makes the TLS tests' certificates.
 system-deps:
-	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client; \
+	@if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null || ! command -v openssl >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client openssl; \
 	fi
 
 run: $(STAMP)
@@ -35,7 +36,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy raft wal engine snapshot server/wire
+	$(BIN)/mypy raft wal engine snapshot server/wire server/tls.py
 
 proto: $(STAMP)
 	$(BIN)/python -m api.generate

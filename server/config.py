@@ -8,7 +8,10 @@ which wins over etcd's default. Each raw value (a string from argv or the enviro
 YAML scalar) goes through the one parser of its setting, then the whole `Config` is checked
 (`_validate`) the way etcd checks it before starting.
 
-etcd flags that petra does not implement (TLS, discovery, proxy, ...) are refused with an error
+Client TLS is etcd's: https client URLs (and metrics URLs) are served with --cert-file and
+--key-file, and --client-cert-auth / --trusted-ca-file ask for client certificates.
+
+etcd flags that petra does not implement (peer TLS, discovery, proxy, ...) are refused with an error
 that names them, unless their value is etcd's default: a sample etcd.conf that spells out
 `enable-pprof: false` asks for nothing petra lacks, while `cert-file: x.pem` does and must not
 be silently dropped. Unknown ETCD_* variables are ignored, as etcd does (it only warns).
@@ -54,6 +57,11 @@ class Config:
     max_wals: int = 5
     listen_metrics_urls: tuple[str, ...] = ()
     log_level: str = "info"
+    # Client TLS (https client and metrics URLs).
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
+    client_cert_auth: bool = False
 
 
 LOG_LEVELS = ("debug", "info", "warn", "error", "panic", "fatal")
@@ -81,6 +89,15 @@ def _parse_uint(name: str, raw: Any) -> int:
     return value
 
 
+def _parse_bool(name: str, raw: Any) -> bool:
+    value = _canonical(raw).lower()
+    if value in ("true", "1", "t"):
+        return True
+    if value in ("false", "0", "f", ""):
+        return False
+    raise ConfigError(f'invalid boolean value "{value}" for {name}')
+
+
 def _parse_str(name: str, raw: Any) -> str:
     if isinstance(raw, dict | list):
         raise ConfigError(f"invalid value for {name}: expected a string")
@@ -98,13 +115,14 @@ def _choice(choices: tuple[str, ...]) -> Callable[[str, Any], str]:
     return parse
 
 
-def _parse_url(name: str, raw: str) -> str:
+def _parse_url(name: str, raw: str, https: bool = False) -> str:
     url = raw.strip()
     parts = urlsplit(url)
-    if parts.scheme == "https":
+    if parts.scheme == "https" and not https:
         raise ConfigError(f'{name} "{url}": https (TLS) is not supported by petra')
-    if parts.scheme != "http":
-        raise ConfigError(f'invalid value "{url}" for {name}: URL scheme must be http')
+    if parts.scheme not in ("http", "https"):
+        scheme = "http or https" if https else "http"
+        raise ConfigError(f'invalid value "{url}" for {name}: URL scheme must be {scheme}')
     try:
         port = parts.port
     except ValueError:
@@ -116,9 +134,9 @@ def _parse_url(name: str, raw: str) -> str:
     return url
 
 
-def _parse_urls(name: str, raw: Any) -> tuple[str, ...]:
+def _parse_urls(name: str, raw: Any, https: bool = False) -> tuple[str, ...]:
     items = raw if isinstance(raw, list) else _parse_str(name, raw).split(",")
-    urls = tuple(_parse_url(name, str(item)) for item in items if str(item).strip())
+    urls = tuple(_parse_url(name, str(item), https) for item in items if str(item).strip())
     return urls
 
 
@@ -133,14 +151,26 @@ def _parse_required_urls(name: str, raw: Any) -> tuple[str, ...]:
     return urls
 
 
+def _parse_client_urls(name: str, raw: Any) -> tuple[str, ...]:
+    """Client and metrics URLs: http, or https with the client TLS files."""
+    urls = _parse_urls(name, raw, https=True)
+    if not urls:
+        raise ConfigError(f"invalid value for {name}: at least one URL is required")
+    return urls
+
+
+def _parse_optional_client_urls(name: str, raw: Any) -> tuple[str, ...]:
+    return _parse_urls(name, raw, https=True)
+
+
 # flag name -> (Config field, parser). The flag name is also the YAML key, and the variable is
 # ETCD_ + the name upper-cased with '-' -> '_'.
 Parser = Callable[[str, Any], Any]
 FLAGS: dict[str, tuple[str, Parser]] = {
     "name": ("name", _parse_str),
     "data-dir": ("data_dir", _parse_str),
-    "listen-client-urls": ("listen_client_urls", _parse_required_urls),
-    "advertise-client-urls": ("advertise_client_urls", _parse_required_urls),
+    "listen-client-urls": ("listen_client_urls", _parse_client_urls),
+    "advertise-client-urls": ("advertise_client_urls", _parse_client_urls),
     "listen-peer-urls": ("listen_peer_urls", _parse_required_urls),
     "initial-advertise-peer-urls": ("initial_advertise_peer_urls", _parse_required_urls),
     "initial-cluster": ("initial_cluster", _parse_str),
@@ -156,8 +186,12 @@ FLAGS: dict[str, tuple[str, Parser]] = {
     "max-txn-ops": ("max_txn_ops", _parse_uint),
     "max-snapshots": ("max_snapshots", _parse_uint),
     "max-wals": ("max_wals", _parse_uint),
-    "listen-metrics-urls": ("listen_metrics_urls", _parse_optional_urls),
+    "listen-metrics-urls": ("listen_metrics_urls", _parse_optional_client_urls),
     "log-level": ("log_level", _choice(LOG_LEVELS)),
+    "cert-file": ("cert_file", _parse_str),
+    "key-file": ("key_file", _parse_str),
+    "trusted-ca-file": ("trusted_ca_file", _parse_str),
+    "client-cert-auth": ("client_cert_auth", _parse_bool),
 }
 
 # etcd 3.4 flags petra does not implement, with the values that ask for nothing more than
@@ -180,12 +214,8 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "strict-reconfig-check": ("true",),
     "pre-vote": ("false",),
     "enable-v2": ("false",),
-    "cert-file": ("",),
-    "key-file": ("",),
-    "client-cert-auth": ("false",),
     "client-crl-file": ("",),
     "client-cert-allowed-hostname": ("",),
-    "trusted-ca-file": ("",),
     "auto-tls": ("false",),
     "peer-cert-file": ("",),
     "peer-key-file": ("",),
@@ -227,7 +257,9 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
 }
 
 # Go's flag package lets a boolean flag stand alone (`--pre-vote` means true).
-BOOL_FLAGS = frozenset(k for k, v in UNSUPPORTED.items() if v[0] in ("true", "false"))
+BOOL_FLAGS = frozenset(k for k, v in UNSUPPORTED.items() if v[0] in ("true", "false")) | {
+    "client-cert-auth"
+}
 
 # YAML sections of etcd's config file; each key inside is checked like a flag of that name.
 TLS_SECTIONS = ("client-transport-security", "peer-transport-security")
@@ -316,6 +348,10 @@ def _settings_from_yaml(path: str) -> dict[str, tuple[Any, str]]:
         if key in TLS_SECTIONS:
             for sub, sub_raw in (raw or {}).items():
                 sub_source = f"{path}: {key}.{sub}"
+                if key == "client-transport-security" and sub in FLAGS:
+                    if sub_raw is not None:
+                        settings[sub] = (sub_raw, sub_source)
+                    continue
                 if sub not in UNSUPPORTED:
                     raise ConfigError(f"{sub_source}: unknown key")
                 _check_unsupported(sub, sub_raw, sub_source)
@@ -382,8 +418,27 @@ def _validate(cfg: Config, explicit: set[str]) -> None:
             raise ConfigError(f"--{flag} must be greater than 0")
     if not cfg.name:
         raise ConfigError("--name must not be empty")
+    _validate_tls(cfg)
     _validate_retention(cfg)
     _validate_cluster(cfg)
+
+
+def _validate_tls(cfg: Config) -> None:
+    """etcd's checks and words (an http URL with TLS files is served in the clear, as etcd
+    does after a warning)."""
+    for url in (*cfg.listen_client_urls, *cfg.listen_metrics_urls):
+        if not url.startswith("https:"):
+            continue
+        if bool(cfg.cert_file) != bool(cfg.key_file):
+            raise ConfigError(
+                "KeyFile and CertFile must both be present"
+                f"[key: {cfg.key_file}, cert: {cfg.cert_file}]"
+            )
+        if not cfg.cert_file:
+            raise ConfigError(
+                f"TLS key/cert (--cert-file, --key-file) must be provided for client url {url} "
+                "with HTTPS scheme"
+            )
 
 
 def _validate_retention(cfg: Config) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from urllib.parse import urlsplit
@@ -108,8 +109,8 @@ async def _handle(
 
 def _host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
-    if parts.scheme != "http" or not parts.hostname or parts.port is None:
-        raise ValueError(f"metrics URL must be http://host:port, got {url!r}")
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.port is None:
+        raise ValueError(f"metrics URL must be http(s)://host:port, got {url!r}")
     return parts.hostname, parts.port
 
 
@@ -127,8 +128,11 @@ class Listeners:
             await server.wait_closed()
 
 
-async def serve(urls: Sequence[str], health: Health) -> Listeners:
-    """Listen on every URL; return an async callable that stops them all."""
+async def serve(
+    urls: Sequence[str], health: Health, context: ssl.SSLContext | None = None
+) -> Listeners:
+    """Listen on every URL (the https ones with TLS `context`); return an async callable that
+    stops them all."""
     servers: list[asyncio.Server] = []
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -137,7 +141,12 @@ async def serve(urls: Sequence[str], health: Health) -> Listeners:
     try:
         for url in urls:
             host, port = _host_port(url)
-            servers.append(await asyncio.start_server(on_connect, host, port, limit=HEAD_BYTES_MAX))
+            secure = context if url.startswith("https:") else None
+            servers.append(
+                await asyncio.start_server(
+                    on_connect, host, port, limit=HEAD_BYTES_MAX, ssl=secure
+                )
+            )
     except BaseException:
         for server in servers:
             server.close()

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import grpc
 
-from . import cluster_service, kv_service, maintenance_service
+from . import cluster_service, kv_service, maintenance_service, tls
 from .config import CONFIG_FILE_FLAG, FLAGS, Config, ConfigError, env_name, parse
 from .node import Node
 from .recovery import DataDirError
@@ -107,10 +107,19 @@ def _aio_server(config: Config, metrics: Any) -> Any:
 
 
 def _bind(server: Any, config: Config) -> None:
+    secure: Any = None  # the TLS settings, made once for every https URL
     for url in config.listen_client_urls:
         address = _host_port(url)
+        if url.startswith("https:") and secure is None:
+            if os.environ.get("PETRA_GRPC") == "aio":
+                secure = tls.grpc_credentials(config)
+            else:
+                secure = tls.server_context(config)
         try:
-            port = server.add_insecure_port(address)
+            if url.startswith("https:"):
+                port = server.add_secure_port(address, secure)
+            else:
+                port = server.add_insecure_port(address)
         except RuntimeError as exc:
             raise StartError(f"listen tcp {address}: bind: address already in use") from exc
         if not port:
@@ -126,6 +135,14 @@ async def serve(config: Config, stop_event: asyncio.Event) -> None:
         return node is not None and bool(node.leader_id) and not node.applier.alarms
 
     server = _grpc_server(config, healthy)
+    if any(
+        url.startswith("https:")
+        for url in (*config.listen_client_urls, *config.listen_metrics_urls)
+    ):
+        try:
+            tls.server_context(config)  # unusable TLS files: one line, before anything starts
+        except tls.TLSError as exc:
+            raise StartError(str(exc)) from exc
     _bind(server, config)
     try:
         node = await Node.start(config)
@@ -173,7 +190,9 @@ async def _start_collaborators(
         stops.append(await services.start_services(server, node))
     http = _optional("server.http_endpoints")
     if http is not None and config.listen_metrics_urls:
-        stops.append(await http.serve(config.listen_metrics_urls, healthy))
+        secure = any(url.startswith("https:") for url in config.listen_metrics_urls)
+        context = tls.server_context(config, tls.METRICS_ALPN) if secure else None
+        stops.append(await http.serve(config.listen_metrics_urls, healthy, context))
     return stops
 
 

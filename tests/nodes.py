@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 import pytest
@@ -55,6 +56,19 @@ class NodeFailed(Exception):
     """The node process exited or did not become ready in time."""
 
 
+@dataclasses.dataclass(frozen=True)
+class TLSFiles:
+    """A test CA and what it signed (tests/tls_certs.py makes them): the node's certificate
+    and key, and a client's. With client_cert_auth the node requires client certificates."""
+
+    ca: pathlib.Path
+    cert: pathlib.Path
+    key: pathlib.Path
+    client_cert: pathlib.Path
+    client_key: pathlib.Path
+    client_cert_auth: bool = False
+
+
 @dataclasses.dataclass
 class Node:
     kind: str  # "etcd" or "petra"
@@ -70,6 +84,31 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
     log_path: pathlib.Path | None = None
     starts: int = 0
+    tls: TLSFiles | None = None  # serve the client URL over https with these files
+
+    def channel(self, options: Sequence[tuple[str, int]] = (), client_cert: bool = True) -> Any:
+        """A gRPC channel to the client URL (over TLS, with the client's certificate unless
+        told not to, when the node has TLS files)."""
+        if self.tls is None:
+            return grpc.insecure_channel(self.endpoint, options=list(options))
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls.ca.read_bytes(),
+            private_key=self.tls.client_key.read_bytes() if client_cert else None,
+            certificate_chain=self.tls.client_cert.read_bytes() if client_cert else None,
+        )
+        return grpc.secure_channel(self.endpoint, credentials, options=list(options))
+
+    def ctl_args(self) -> list[str]:
+        """etcdctl's flags to reach this node."""
+        args = [f"--endpoints={self.endpoint}"]  # as the outputs tests compare print it
+        if self.tls is not None:
+            args = [
+                f"--endpoints={self.url}",
+                f"--cacert={self.tls.ca}",
+                f"--cert={self.tls.client_cert}",
+                f"--key={self.tls.client_key}",
+            ]
+        return args
 
     @property
     def endpoint(self) -> str:
@@ -77,7 +116,7 @@ class Node:
 
     @property
     def url(self) -> str:
-        return f"http://{self.endpoint}"
+        return f"{'https' if self.tls is not None else 'http'}://{self.endpoint}"
 
     def args(self) -> list[str]:
         peer = f"http://127.0.0.1:{self.peer_port}"
@@ -91,6 +130,10 @@ class Node:
             "--initial-cluster", f"{self.name}={peer}",
             "--listen-metrics-urls", f"http://127.0.0.1:{self.metrics_port}",
         ]  # fmt: skip
+        if self.tls is not None:
+            argv += ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key)]
+            if self.tls.client_cert_auth:
+                argv += ["--client-cert-auth", "--trusted-ca-file", str(self.tls.ca)]
         return argv + list(self.extra_args)
 
     def command(self) -> list[str]:
@@ -152,7 +195,7 @@ class Node:
             if not self._port_accepts():
                 time.sleep(0.005)  # poll interval while the process binds its port
                 continue
-            with grpc.insecure_channel(self.endpoint) as channel:
+            with self.channel() as channel:
                 try:
                     rpc_pb2_grpc.KVStub(channel).Range(request, timeout=min(left, 0.5))
                     return
@@ -263,7 +306,7 @@ def etcdctl(
     node: Node, *args: str, input: str | None = None, timeout_s: float = 30.0, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     """Run the real etcdctl against the node; raise with its output if it fails and check."""
-    cmd = [ETCDCTL_BIN, f"--endpoints={node.endpoint}", *args]
+    cmd = [ETCDCTL_BIN, *node.ctl_args(), *args]
     done = subprocess.run(
         cmd, input=input, capture_output=True, text=True, env=ctl_env(), timeout=timeout_s
     )
@@ -277,7 +320,7 @@ def etcdctl(
 
 def etcdctl_popen(node: Node, *args: str) -> subprocess.Popen[str]:
     """A long-running etcdctl (watch, lock, elect) whose output a LineReader follows."""
-    cmd = [ETCDCTL_BIN, f"--endpoints={node.endpoint}", *args]
+    cmd = [ETCDCTL_BIN, *node.ctl_args(), *args]
     return subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ctl_env(),
         stdin=subprocess.DEVNULL,
@@ -340,7 +383,7 @@ class Stubs:
 
 
 def stubs(node: Node, options: Sequence[tuple[str, int]] = ()) -> Stubs:
-    ch = grpc.insecure_channel(node.endpoint, options=list(options))
+    ch = node.channel(options)
     return Stubs(
         channel=ch,
         kv=rpc_pb2_grpc.KVStub(ch),

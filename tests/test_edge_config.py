@@ -205,7 +205,24 @@ def test_config_file_from_env(tmp_path: pathlib.Path) -> None:
         (["--listen-metrics-urls=http://127.0.0.1"], {}, "expected http://host:port"),
         (["--listen-metrics-urls=http://127.0.0.1:9/x"], {}, "must not have a path"),
         (["--listen-peer-urls=https://127.0.0.1:9"], {}, "https (TLS) is not supported"),
-        (["--cert-file=server.pem"], {}, '--cert-file "server.pem": this etcd setting is not'),
+        (
+            ["--listen-client-urls=https://127.0.0.1:9", "--advertise-client-urls=https://x:9"],
+            {},
+            "TLS key/cert (--cert-file, --key-file) must be provided for client url "
+            "https://127.0.0.1:9 with HTTPS scheme",
+        ),
+        (
+            ["--listen-client-urls=https://127.0.0.1:9", "--advertise-client-urls=https://x:9"],
+            {"ETCD_CERT_FILE": "s.pem"},
+            "KeyFile and CertFile must both be present[key: , cert: s.pem]",
+        ),
+        (
+            ["--listen-metrics-urls=https://127.0.0.1:9"],
+            {},
+            "must be provided for client url https://127.0.0.1:9 with HTTPS scheme",
+        ),
+        (["--client-cert-auth=maybe"], {}, 'invalid boolean value "maybe" for --client-cert-auth'),
+        (["--peer-cert-file=p.pem"], {}, '--peer-cert-file "p.pem": this etcd setting is not'),
         (["--pre-vote"], {}, '--pre-vote "true": this etcd setting is not supported by petra'),
         ([], {"ETCD_AUTO_TLS": "true"}, 'ETCD_AUTO_TLS "true": this etcd setting is not'),
         (["--name=a", "--name=b"], {}, "flag --name given more than once"),
@@ -245,7 +262,10 @@ def test_unsupported_flag_at_its_default_is_accepted() -> None:
         ("nmae: typo\n", "nmae: unknown key"),
         ("snapshot-count: many\n", 'invalid value "many"'),
         ("snapshot-count: true\n", "not an integer"),
-        ("client-transport-security:\n  cert-file: s.pem\n", "client-transport-security.cert-file"),
+        (
+            "client-transport-security:\n  client-crl-file: c.pem\n",
+            "client-transport-security.client-crl-file",
+        ),
         ("peer-transport-security:\n  bogus: 1\n", "peer-transport-security.bogus: unknown key"),
         ("- just\n- a list\n", "expected a mapping"),
         ("name: [unclosed\n", "invalid YAML at line"),
@@ -274,3 +294,30 @@ def test_empty_config_file_gives_defaults(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "empty.yml"
     path.write_text("")
     assert parse(["--config-file", str(path)], {}) == parse([], {})
+
+
+def test_client_tls_settings(tmp_path: pathlib.Path) -> None:
+    """Client TLS from flags (a lone --client-cert-auth means true), from ETCD_* variables, and
+    from the YAML file's client-transport-security section; https client URLs are accepted
+    with a cert and key."""
+    https = ["--listen-client-urls=https://127.0.0.1:9", "--advertise-client-urls=https://h:9"]
+    cfg = parse([*https, "--cert-file=s.pem", "--key-file=s.key", "--client-cert-auth"], {})
+    assert (cfg.cert_file, cfg.key_file, cfg.client_cert_auth) == ("s.pem", "s.key", True)
+    assert cfg.listen_client_urls == ("https://127.0.0.1:9",)
+    env = {"ETCD_CERT_FILE": "e.pem", "ETCD_KEY_FILE": "e.key", "ETCD_TRUSTED_CA_FILE": "ca.pem"}
+    cfg = parse(https, env)
+    assert (cfg.cert_file, cfg.trusted_ca_file, cfg.client_cert_auth) == ("e.pem", "ca.pem", False)
+    path = tmp_path / "tls.yml"
+    path.write_text(
+        "listen-client-urls: https://127.0.0.1:9\n"
+        "advertise-client-urls: https://h:9\n"
+        "client-transport-security:\n"
+        "  cert-file: y.pem\n"
+        "  key-file: y.key\n"
+        "  client-cert-auth: true\n"
+        "  trusted-ca-file: ca.pem\n"
+        "  auto-tls: false\n"
+    )
+    cfg = parse(["--config-file", str(path)], {})
+    assert (cfg.cert_file, cfg.key_file) == ("y.pem", "y.key")
+    assert (cfg.client_cert_auth, cfg.trusted_ca_file) == (True, "ca.pem")

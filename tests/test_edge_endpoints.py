@@ -185,7 +185,7 @@ def test_serve_rejects_non_http_url() -> None:
     async def health() -> bool:
         return True
 
-    with pytest.raises(ValueError, match="http://host:port"):
+    with pytest.raises(ValueError, match=r"http\(s\)://host:port"):
         asyncio.run(http_endpoints.serve(["unix:///tmp/x"], health))
 
 

@@ -188,8 +188,8 @@ def _run_petra(*args: str) -> subprocess.CompletedProcess[str]:
             'petra: invalid value "lots" for --snapshot-count: parse error',
         ),
         (
-            ["--cert-file=a.pem"],
-            'petra: --cert-file "a.pem": this etcd setting is not supported by petra',
+            ["--peer-cert-file=a.pem"],
+            'petra: --peer-cert-file "a.pem": this etcd setting is not supported by petra',
         ),
     ],
 )

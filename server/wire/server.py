@@ -23,6 +23,7 @@ import errno
 import inspect
 import logging
 import socket
+import ssl
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -45,6 +46,7 @@ _NOT_METADATA = frozenset(
 _TIMEOUT_UNITS_S = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 # Connections the kernel queues before accept: a burst beyond it has SYNs dropped (1 s retry).
 LISTEN_BACKLOG = 1024
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # a client that connects and never says hello is dropped
 # A streaming writer waits when this much of its output is queued behind flow control.
 WRITE_BUFFER_BYTES = 1 << 20
 _C = grpc.StatusCode
@@ -484,6 +486,7 @@ class Server:
         self._methods: dict[str, Any] = {}
         self._generic: list[Any] = []
         self._sockets: list[socket.socket] = []
+        self._contexts: dict[socket.socket, ssl.SSLContext] = {}  # the TLS sockets' settings
         self._listeners: list[asyncio.AbstractServer] = []
         self._conns: set[h2.Connection] = set()
         self._calls: set[Call] = set()
@@ -553,6 +556,15 @@ class Server:
         return Call(self, conn, stream, text, handler, headers)
 
     # -- life cycle --------------------------------------------------------------------------
+    def add_secure_port(self, address: str, context: ssl.SSLContext) -> int:
+        """add_insecure_port for TLS connections with `context` (which offers ALPN "h2").
+        Unlike grpc.aio's, it takes an ssl.SSLContext: the HTTP/1 endpoints on the same port
+        (the JSON gateway, /health) are served through it too."""
+        port = self.add_insecure_port(address)
+        if port:
+            self._contexts[self._sockets[-1]] = context
+        return port
+
     def add_insecure_port(self, address: str) -> int:
         """Binds now (so a port in use is known before anything else starts); 0 if taken."""
         host, _, port_text = address.rpartition(":")
@@ -578,7 +590,11 @@ class Server:
         for sock in self._sockets:
             # backlog: create_server listens again with its own (default 100), overriding ours.
             server = await loop.create_server(
-                self._new_connection, sock=sock, backlog=LISTEN_BACKLOG
+                self._new_connection,
+                sock=sock,
+                backlog=LISTEN_BACKLOG,
+                ssl=self._contexts.get(sock),
+                ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if sock in self._contexts else None,
             )
             self._listeners.append(server)
 
