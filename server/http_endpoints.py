@@ -143,9 +143,7 @@ async def serve(
             host, port = _host_port(url)
             secure = context if url.startswith("https:") else None
             servers.append(
-                await asyncio.start_server(
-                    on_connect, host, port, limit=HEAD_BYTES_MAX, ssl=secure
-                )
+                await asyncio.start_server(on_connect, host, port, limit=HEAD_BYTES_MAX, ssl=secure)
             )
     except BaseException:
         for server in servers:
