@@ -1417,6 +1417,19 @@ def test_1000_connections_opened_and_closed(served: Running) -> None:
 # -- HTTP/1.1 on the same port (petra only) --------------------------------------------------------
 
 
+def http1_exchange(port: int, sent: bytes, trickled: bytes = b"") -> bytes:
+    """Sends `sent`, then `trickled` a byte per write, on a new connection; returns every byte
+    the server wrote until it closed."""
+    conn = RawConn(port)
+    try:
+        conn.send(sent)
+        if trickled:
+            send_trickle(conn, trickled)
+        return conn.read_all()
+    finally:
+        conn.close()
+
+
 def test_http1_on_the_same_port(loop: LoopThread) -> None:
     """`GET /health HTTP/1.1` gets exactly the bytes the http1 callback returned (it got the
     head up to and including the blank line), the connection closes, and gRPC still works on
@@ -1433,12 +1446,7 @@ def test_http1_on_the_same_port(loop: LoopThread) -> None:
         assert_serving(running.port)
         for path in ("/health", "/metrics"):
             head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: t\r\n\r\n".encode()
-            conn = RawConn(running.port)
-            try:
-                conn.send(head)
-                assert conn.read_all() == reply
-            finally:
-                conn.close()
+            assert http1_exchange(running.port, head) == reply
             assert heads[-1] == head
         assert_serving(running.port)
     finally:
@@ -1460,12 +1468,7 @@ def test_http1_head_sent_a_byte_at_a_time(loop: LoopThread) -> None:
             b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
             b"PRI /x HTTP/1.1\r\nHost: x\r\n\r\n",  # shares the preface's first bytes
         ):
-            conn = RawConn(running.port)
-            try:
-                send_trickle(conn, head)
-                assert conn.read_all() == b"HTTP/1.1 204 No Content\r\n\r\n"
-            finally:
-                conn.close()
+            assert http1_exchange(running.port, b"", head) == b"HTTP/1.1 204 No Content\r\n\r\n"
             assert heads[-1] == head
         assert_serving(running.port)
     finally:
@@ -1514,12 +1517,8 @@ def test_http1_callback_failure_is_a_500(loop: LoopThread) -> None:
     running = start_server("petra", loop, http1=http1)
     try:
         for expected in (b"HTTP/1.1 500 ", b"HTTP/1.1 200 "):
-            conn = RawConn(running.port)
-            try:
-                conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-                assert conn.read_all().startswith(expected)
-            finally:
-                conn.close()
+            answer = http1_exchange(running.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.startswith(expected)
         assert_serving(running.port)
     finally:
         running.stop(0)
@@ -1539,24 +1538,11 @@ def test_http1_body_reaches_the_callback_whole(loop: LoopThread) -> None:
     body = b'{"key":"Zm9v","value":"' + b"v" * 3000 + b'"}'
     head = b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\ncontent-length: %d\r\n\r\n" % len(body)
     try:
-        for trickle in (False, True):
-            conn = RawConn(running.port)
-            try:
-                if trickle:
-                    conn.send(head)
-                    send_trickle(conn, body)
-                else:
-                    conn.send(head + body + b"GET /extra HTTP/1.1\r\n\r\n")
-                assert conn.read_all() == b"HTTP/1.1 204 No Content\r\n\r\n"
-            finally:
-                conn.close()
+        for sent, trickled in ((head + body + b"GET /extra HTTP/1.1\r\n\r\n", b""), (head, body)):
+            answer = http1_exchange(running.port, sent, trickled)
+            assert answer == b"HTTP/1.1 204 No Content\r\n\r\n"
             assert seen[-1] == (head, body)
-        conn = RawConn(running.port)
-        try:
-            conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            conn.read_all()
-        finally:
-            conn.close()
+        http1_exchange(running.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert seen[-1][1] == b""
         assert_serving(running.port)
     finally:
@@ -1580,17 +1566,9 @@ def test_http1_chunked_bodies(loop: LoopThread) -> None:
     body += b"%X\r\n%s\r\n0\r\nX-Trailer: yes\r\n\r\n" % (len(chunks[2]), chunks[2])
     head = b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     try:
-        for trickle in (False, True):
-            conn = RawConn(running.port)
-            try:
-                conn.send(head)
-                if trickle:
-                    send_trickle(conn, body)
-                else:
-                    conn.send(body)
-                assert conn.read_all() == b"HTTP/1.1 204 No Content\r\n\r\n"
-            finally:
-                conn.close()
+        for sent, trickled in ((head + body, b""), (head, body)):
+            answer = http1_exchange(running.port, sent, trickled)
+            assert answer == b"HTTP/1.1 204 No Content\r\n\r\n"
             assert seen[-1] == want
         assert_serving(running.port)
     finally:
@@ -1620,19 +1598,12 @@ def test_http1_bodies_refused(loop: LoopThread) -> None:
     )
     try:
         for rest, status in cases:
-            conn = RawConn(running.port)
-            try:
-                conn.send(b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\n" + rest)
-                assert conn.read_all().startswith(b"HTTP/1.1 " + status), status
-            finally:
-                conn.close()
+            answer = http1_exchange(running.port, b"POST /v3/kv/put HTTP/1.1\r\nHost: x\r\n" + rest)
+            assert answer.startswith(b"HTTP/1.1 " + status), status
         assert calls == []
-        conn = RawConn(running.port)
-        try:  # exactly at the limit: read and answered
-            conn.send(b"POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000)
-            assert conn.read_all() == b"HTTP/1.1 200 OK\r\n\r\n"
-        finally:
-            conn.close()
+        # Exactly at the limit: read and answered.
+        at_limit = b"POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000
+        assert http1_exchange(running.port, at_limit) == b"HTTP/1.1 200 OK\r\n\r\n"
         assert_serving(running.port)
     finally:
         running.stop(0)
