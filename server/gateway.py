@@ -38,6 +38,8 @@ from api.etcdserverpb import rpc_pb2
 from api.v3electionpb import v3election_pb2
 from api.v3lockpb import v3lock_pb2
 
+from .wire.server import send_responses
+
 _KV, _LEASE = "/etcdserverpb.KV/", "/etcdserverpb.Lease/"
 _MAINT, _CLUSTER = "/etcdserverpb.Maintenance/", "/etcdserverpb.Cluster/"
 _LOCK, _ELECTION = "/v3lockpb.Lock/", "/v3electionpb.Election/"
@@ -514,11 +516,7 @@ async def _run_stream(behaviour: Any, request: Any, context: StreamContext) -> N
     result = None
     try:
         result = behaviour(request, context)
-        if hasattr(result, "__anext__"):
-            async for response in result:
-                await context.write(response)
-        elif inspect.isawaitable(result):
-            await result  # it wrote through context.write
+        await send_responses(result, context.write)
     except asyncio.CancelledError:
         if hasattr(result, "aclose"):
             await result.aclose()  # cancelled while it waited on write: end it now, not at GC

@@ -26,7 +26,7 @@ import socket
 import ssl
 import time
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -253,15 +253,7 @@ class Call:
 
     async def _streaming(self, behaviour: Any, request: Any) -> None:
         try:
-            result = behaviour(request, self)
-            if hasattr(result, "__anext__"):
-                async for response in result:
-                    await self.write(response)
-            elif inspect.isawaitable(result):
-                await result
-            elif result is not None:  # a sync generator
-                for response in result:
-                    await self.write(response)
+            await send_responses(behaviour(request, self), self.write)
         except BaseException as exc:
             self._end_with(exc)
             return
@@ -464,6 +456,19 @@ class _CallDetails:
     def __init__(self, method: str) -> None:
         self.method = method
         self.invocation_metadata: tuple[Any, ...] = ()
+
+
+async def send_responses(result: Any, write: Callable[[Any], Awaitable[None]]) -> None:
+    """Runs what a streaming handler returned: the responses of an async or plain generator
+    go to `write`; a coroutine (a handler that writes through its context) is awaited."""
+    if hasattr(result, "__anext__"):
+        async for response in result:
+            await write(response)
+    elif inspect.isawaitable(result):
+        await result
+    elif result is not None:  # a sync generator
+        for response in result:
+            await write(response)
 
 
 class Server:
