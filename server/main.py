@@ -106,15 +106,13 @@ def _aio_server(config: Config, metrics: Any) -> Any:
     return grpc.aio.server(options=options, interceptors=interceptors)
 
 
-def _bind(server: Any, config: Config) -> None:
-    secure: Any = None  # the TLS settings, made once for every https URL
+def _bind(server: Any, config: Config, context: Any) -> None:
+    """Listens on the client URLs; the https ones with the TLS `context`."""
+    secure = context
+    if context is not None and os.environ.get("PETRA_GRPC") == "aio":
+        secure = tls.grpc_credentials(config)
     for url in config.listen_client_urls:
         address = _host_port(url)
-        if url.startswith("https:") and secure is None:
-            if os.environ.get("PETRA_GRPC") == "aio":
-                secure = tls.grpc_credentials(config)
-            else:
-                secure = tls.server_context(config)
         try:
             if url.startswith("https:"):
                 port = server.add_secure_port(address, secure)
@@ -135,15 +133,16 @@ async def serve(config: Config, stop_event: asyncio.Event) -> None:
         return node is not None and bool(node.leader_id) and not node.applier.alarms
 
     server = _grpc_server(config, healthy)
+    context = None
     if any(
         url.startswith("https:")
         for url in (*config.listen_client_urls, *config.listen_metrics_urls)
     ):
-        try:
-            tls.server_context(config)  # unusable TLS files: one line, before anything starts
+        try:  # unusable TLS files: one line, before anything starts
+            context = tls.server_context(config)
         except tls.TLSError as exc:
             raise StartError(str(exc)) from exc
-    _bind(server, config)
+    _bind(server, config, context)
     try:
         node = await Node.start(config)
     except DataDirError as exc:

@@ -11,6 +11,7 @@ etcd.
 
 from __future__ import annotations
 
+import pathlib
 import ssl
 
 from .config import Config
@@ -55,18 +56,13 @@ def server_context(config: Config, alpn: tuple[str, ...] = CLIENT_PORT_ALPN) -> 
 
 
 def grpc_credentials(config: Config) -> object:
-    """The same settings as grpc.aio wants them (PETRA_GRPC=aio)."""
+    """The same settings as grpc.aio wants them (PETRA_GRPC=aio), from files server_context
+    has already checked."""
     import grpc
 
-    server_context(config)  # the same checks, the same errors
-    with open(config.key_file, "rb") as f:
-        key = f.read()
-    with open(config.cert_file, "rb") as f:
-        chain = f.read()
-    root = None
-    if config.trusted_ca_file:
-        with open(config.trusted_ca_file, "rb") as f:
-            root = f.read()
+    key = pathlib.Path(config.key_file).read_bytes()
+    chain = pathlib.Path(config.cert_file).read_bytes()
+    root = pathlib.Path(config.trusted_ca_file).read_bytes() if config.trusted_ca_file else None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=root, require_client_auth=requires_client_cert(config)
     )
