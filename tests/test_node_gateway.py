@@ -305,6 +305,17 @@ def test_election(pair: tuple[Node, Node]) -> None:
     both(pair, "/v3/lease/revoke", {"ID": "9001"})
 
 
+def dechunk(chunked: bytes) -> bytes:
+    """A whole chunked HTTP/1.1 body, without its framing."""
+    data = b""
+    while True:
+        size_line, _, chunked = chunked.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return data
+        data, chunked = data + chunked[:size], chunked[size + 2 :]
+
+
 class StreamReader:
     """One streaming gateway request on a raw socket: the head, then the JSON messages of the
     chunked body one at a time (newline-delimited; grpc-gateway's error chunk has no newline)."""
@@ -564,12 +575,8 @@ def test_chunked_request_bodies(pair: tuple[Node, Node]) -> None:
         answers = []
         for node in pair:
             status_and_head, _, rest = raw_http(node, head.encode() + body).partition(b"\r\n\r\n")
-            if b"Transfer-Encoding: chunked" in status_and_head:  # a stream: undo the chunking
-                data = b""
-                while (size := int(rest.split(b"\r\n", 1)[0], 16)) != 0:
-                    rest = rest.split(b"\r\n", 1)[1]
-                    data, rest = data + rest[:size], rest[size + 2 :]
-                rest = data
+            if b"Transfer-Encoding: chunked" in status_and_head:  # a stream
+                rest = dechunk(rest)
             status = status_and_head.split()[1]
             answers.append((status, normalize([json.loads(x) for x in rest.split()])))
         assert answers[1] == answers[0], path
@@ -684,14 +691,7 @@ def stream_answer(behaviour: Any, body: bytes = b'{"ID": 1}') -> tuple[int, list
     raw = asyncio.run(collect())
     head, _, chunked = raw.partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked\r\n" in head
-    data = b""
-    while True:
-        size_line, _, chunked = chunked.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            break
-        data, chunked = data + chunked[:size], chunked[size + 2 :]
-    text = data.decode()
+    text = dechunk(chunked).decode()
     values, decoder, pos = [], json.JSONDecoder(), 0
     while pos < len(text):
         value, pos = decoder.raw_decode(text, pos)
